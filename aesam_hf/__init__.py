@@ -1,0 +1,47 @@
+"""aesam_hf: Adaptive Sharpness-Aware Minimization (AE-SAM, Jiang et al., ICLR 2023) for the Hugging Face Trainer.
+
+Paper: https://huggingface.co/papers/2304.14647. The algorithms follow `../shared/spec/aesam.md`.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from .config import AESAMConfig
+from .controller import SAMController
+from .policies import (
+    POLICIES,
+    AdaptivePolicy,
+    AELookSAMPolicy,
+    ERMPolicy,
+    LookSAMPolicy,
+    PeriodicPolicy,
+    RandomPolicy,
+    SAMAlwaysPolicy,
+    SAMPolicy,
+    SAMPolicyName,
+    make_policy,
+)
+from .sam import frozen_running_stats, grad_norm_sq
+from .trainer import SAM_STATE_NAME, AESAMTrainer, AESAMTrainerMixin
+
+
+__all__ = [
+    "__version__",
+    "AESAMConfig",
+    "AESAMTrainer",
+    "AESAMTrainerMixin",
+    "SAM_STATE_NAME",
+    "SAMController",
+    "POLICIES",
+    "SAMPolicy",
+    "SAMPolicyName",
+    "ERMPolicy",
+    "SAMAlwaysPolicy",
+    "RandomPolicy",
+    "PeriodicPolicy",
+    "LookSAMPolicy",
+    "AdaptivePolicy",
+    "AELookSAMPolicy",
+    "make_policy",
+    "frozen_running_stats",
+    "grad_norm_sq",
+]

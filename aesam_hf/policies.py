@@ -1,0 +1,274 @@
+"""Policies that decide, once per optimizer step, whether the step is a SAM step.
+
+Implements the decision rules of `../shared/spec/aesam.md` ("Policies: which steps are SAM steps"):
+ERM, always-SAM (Foret et al., https://huggingface.co/papers/2010.01412), random SS-SAM/RST (Zhao et al. 2022),
+periodic, LookSAM (Liu et al. 2022) and the adaptive AE-SAM / AE-LookSAM rule of Jiang et al., ICLR 2023
+(https://huggingface.co/papers/2304.14647).
+
+Every policy has the same three methods: `decide(t, x)`, `state_dict()` and `load_state_dict()`. Decisions must be
+identical on every rank (spec, "Rules every policy obeys"): the caller passes `x` computed from the all-reduced
+gradient, and the random policy draws from its own generator seeded identically on every rank.
+
+This module imports only `torch`, so hand-written training loops can use it without `transformers`.
+"""
+
+import math
+from enum import Enum
+from typing import Any, ClassVar
+
+import torch
+
+
+class SAMPolicyName(str, Enum):
+    """The policy names, spelled exactly as on the command line (`--optim aesam`)."""
+
+    ERM = "erm"
+    SAM = "sam"
+    RANDOM = "random"
+    PERIODIC = "periodic"
+    LOOKSAM = "looksam"
+    AESAM = "aesam"
+    AELOOKSAM = "aelooksam"
+
+    @classmethod
+    def _missing_(cls, value: object):
+        raise ValueError(f"{value!r} is not a SAM policy; choose one of {[m.value for m in cls]}.")
+
+
+# ---- hyper-parameter rules: one function per rule, used by the policies and by `AESAMConfig` ----
+# Each takes the name to show so the message names the argument the user actually typed.
+
+
+def check_interval(value: int, name: str = "interval") -> None:
+    # `t % k` needs k >= 1; k = 1 would make every step a SAM step (use `sam` for that, but it is not an error).
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` ({value!r}) must be an integer >= 1: a SAM step is taken every `{name}` steps.")
+
+
+def check_probability(value: float, name: str = "probability") -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{name}` ({value!r}) must be in [0, 1]: it is the probability of a SAM step.")
+
+
+def check_delta(value: float, name: str = "delta") -> None:
+    # delta = 0 would forget all history and delta = 1 would never move from the start values.
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"`{name}` ({value!r}) must be in (0, 1): it is the EMA rate of the mean and variance.")
+
+
+def check_finite(value: float, name: str) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` ({value!r}) must be a finite number.")
+
+
+def check_total_steps(value: int | None, name: str = "total_steps") -> None:
+    # The adaptive threshold c_t interpolates over t / T; without T it is undefined.
+    if value is None or value < 1:
+        raise ValueError(
+            f"`{name}` ({value!r}) must be a positive integer: the adaptive policies need the total number of "
+            "optimizer steps T for their schedule c_t. Set `max_steps`, or use a dataset with a length."
+        )
+
+
+class SAMPolicy:
+    """Base class. Subclasses set `name`, the constructor hyper-parameters in `hparams`, and `decide`."""
+
+    name: ClassVar[SAMPolicyName]
+    # Names of the `make_policy` keyword arguments this policy's constructor takes.
+    hparams: ClassVar[tuple[str, ...]] = ()
+    # True when `decide` reads `x`: the caller must then bring `x` to the host (one sync per step).
+    uses_grad_norm: ClassVar[bool] = False
+    # True for the LookSAM-style policies: non-SAM steps reuse the cached SAM direction g_v.
+    reuses_direction: ClassVar[bool] = False
+    # False only for ERM: lets callers skip caching inputs for a second pass that never comes.
+    can_sam: ClassVar[bool] = True
+
+    def decide(self, t: int, x: float | None) -> bool:
+        """Return True if optimizer step `t` (0-based) is a SAM step; `x` is ||g||² of that step."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, float]:
+        """Values of the last decision worth logging (empty for policies without statistics)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hparams)
+        return f"{type(self).__name__}({args})"
+
+
+class ERMPolicy(SAMPolicy):
+    """Never a SAM step: plain empirical risk minimization."""
+
+    name = SAMPolicyName.ERM
+    can_sam = False
+
+    def decide(self, t: int, x: float | None) -> bool:
+        return False
+
+
+class SAMAlwaysPolicy(SAMPolicy):
+    """Every step is a SAM step (Foret et al. 2021)."""
+
+    name = SAMPolicyName.SAM
+
+    def decide(self, t: int, x: float | None) -> bool:
+        return True
+
+
+class RandomPolicy(SAMPolicy):
+    """SAM with probability `probability`, one draw per step (SS-SAM / RST, Zhao et al. 2022).
+
+    The generator is private and seeded with the run's seed, so every rank draws the same sequence and a resumed run
+    continues it (its state is in `state_dict`).
+    """
+
+    name = SAMPolicyName.RANDOM
+    hparams = ("probability", "seed")
+
+    def __init__(self, probability: float = 0.5, seed: int = 0):
+        check_probability(probability)
+        self.probability = probability
+        self.seed = seed
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def decide(self, t: int, x: float | None) -> bool:
+        return torch.rand((), generator=self.generator).item() < self.probability
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class PeriodicPolicy(SAMPolicy):
+    """SAM when `t % interval == 0`, so the first step is a SAM step."""
+
+    name = SAMPolicyName.PERIODIC
+    hparams = ("interval",)
+
+    def __init__(self, interval: int = 5):
+        check_interval(interval)
+        self.interval = interval
+
+    def decide(self, t: int, x: float | None) -> bool:
+        return t % self.interval == 0
+
+
+class LookSAMPolicy(PeriodicPolicy):
+    """LookSAM (Liu et al. 2022): periodic SAM steps; the others reuse the SAM direction g_v."""
+
+    name = SAMPolicyName.LOOKSAM
+    reuses_direction = True
+
+
+class AdaptivePolicy(SAMPolicy):
+    """AE-SAM (Jiang et al., ICLR 2023): SAM when ||g||² is large for its running distribution.
+
+    ```
+    mu  = delta * mu  + (1 - delta) * x
+    var = delta * var + (1 - delta) * (x - mu)**2      # with the new mu, as in the spec
+    c_t = (t / T) * lambda1 + (1 - t / T) * lambda2
+    SAM iff x >= mu + c_t * sqrt(var)
+    ```
+    """
+
+    name = SAMPolicyName.AESAM
+    hparams = ("delta", "lambda1", "lambda2", "total_steps")
+    uses_grad_norm = True
+    # [choice] start values as far as known the paper's: mu = 0, var = 1e-10, no bias correction.
+    INITIAL_MU: ClassVar[float] = 0.0
+    INITIAL_VAR: ClassVar[float] = 1e-10
+
+    def __init__(
+        self, delta: float = 0.9, lambda1: float = -1.0, lambda2: float = 1.0, total_steps: int | None = None
+    ):
+        check_delta(delta)
+        check_finite(lambda1, "lambda1")
+        check_finite(lambda2, "lambda2")
+        check_total_steps(total_steps)
+        self.delta = delta
+        self.lambda1 = lambda1
+        self.lambda2 = lambda2
+        self.total_steps = total_steps
+        self.mu = self.INITIAL_MU
+        self.var = self.INITIAL_VAR
+        self._last: dict[str, float] = {}
+
+    def threshold_c(self, t: int) -> float:
+        frac = t / self.total_steps
+        return frac * self.lambda1 + (1.0 - frac) * self.lambda2
+
+    def decide(self, t: int, x: float | None) -> bool:
+        if x is None:
+            raise ValueError("AdaptivePolicy.decide needs `x` = ||g||² of the step; got None.")
+        d = self.delta
+        # Python floats are float64: the statistics do not lose precision over long runs.
+        self.mu = d * self.mu + (1.0 - d) * x
+        self.var = d * self.var + (1.0 - d) * (x - self.mu) ** 2
+        c = self.threshold_c(t)
+        sigma = math.sqrt(self.var)
+        threshold = self.mu + c * sigma
+        self._last = {"mu": self.mu, "sigma": sigma, "threshold_c": c, "threshold": threshold}
+        return x >= threshold
+
+    def stats(self) -> dict[str, float]:
+        return self._last
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mu": self.mu, "var": self.var, "last": dict(self._last)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mu = float(state["mu"])
+        self.var = float(state["var"])
+        self._last = dict(state.get("last", {}))
+
+
+class AELookSAMPolicy(AdaptivePolicy):
+    """AE-LookSAM: the adaptive rule; non-SAM steps reuse the SAM direction g_v as in LookSAM."""
+
+    name = SAMPolicyName.AELOOKSAM
+    reuses_direction = True
+
+
+# The registry: CLI name -> class. A literal dict, not a plugin system; tests iterate over it.
+POLICIES: dict[SAMPolicyName, type[SAMPolicy]] = {
+    SAMPolicyName.ERM: ERMPolicy,
+    SAMPolicyName.SAM: SAMAlwaysPolicy,
+    SAMPolicyName.RANDOM: RandomPolicy,
+    SAMPolicyName.PERIODIC: PeriodicPolicy,
+    SAMPolicyName.LOOKSAM: LookSAMPolicy,
+    SAMPolicyName.AESAM: AdaptivePolicy,
+    SAMPolicyName.AELOOKSAM: AELookSAMPolicy,
+}
+
+
+def make_policy(
+    name: str | SAMPolicyName,
+    *,
+    total_steps: int | None = None,
+    seed: int = 0,
+    interval: int = 5,
+    probability: float = 0.5,
+    delta: float = 0.9,
+    lambda1: float = -1.0,
+    lambda2: float = 1.0,
+) -> SAMPolicy:
+    """Build the policy `name`, passing it the hyper-parameters it declares in `hparams` (the others are unused)."""
+    cls = POLICIES[SAMPolicyName(name)]
+    given = {
+        "total_steps": total_steps,
+        "seed": seed,
+        "interval": interval,
+        "probability": probability,
+        "delta": delta,
+        "lambda1": lambda1,
+        "lambda2": lambda2,
+    }
+    return cls(**{k: given[k] for k in cls.hparams})

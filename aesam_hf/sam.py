@@ -1,0 +1,102 @@
+"""The SAM step's tensor work in pure PyTorch: gradient norm, perturbation, exact restore, LookSAM direction.
+
+SAM: Foret et al. 2021, https://huggingface.co/papers/2010.01412 (ASAM: Kwon et al. 2021). LookSAM: Liu et al. 2022.
+Follows `../shared/spec/aesam.md`, sections "What g is", "SAM step" and "The LookSAM gradient".
+
+Every function works on lists of tensors with `torch._foreach_*` kernels (one launch per list, not one per
+parameter) and never reads a value back to the host, so none of them adds a device synchronisation.
+
+Gradients may carry an AMP loss scale `s` (fp16 with a GradScaler): the functions take `inv_scale = 1 / s` and return
+values in unscaled units, leaving the gradients themselves scaled, because the GradScaler unscales them later.
+No `transformers` import: hand-written loops use this module directly.
+"""
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+# The spec's epsilon in e = rho * g / (||g|| + 1e-12): keeps a zero gradient from dividing by zero.
+EPS = 1e-12
+
+
+def grad_norm_sq(grads: Sequence[Tensor], inv_scale: float = 1.0) -> Tensor:
+    """x = ||g||²: one global squared L2 norm over every tensor (spec: not per layer), in float32, unscaled.
+
+    Returns a 0-dim tensor on the gradients' device; inf/NaN when any entry of `g` is (an overflow step).
+    """
+    norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+    return torch.linalg.vector_norm(torch.stack(norms)).mul(inv_scale).square()
+
+
+def sam_perturbation_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    rho: float,
+    adaptive: bool,
+    norm_sq: Tensor,
+    inv_scale: float = 1.0,
+) -> None:
+    """Overwrite `grads` in place with the ascent step e (they are not needed afterwards).
+
+    SAM:  e = rho * g / (||g|| + eps).
+    ASAM: e_i = rho * w_i² g_i / (||w ⊙ g|| + eps)   [choice: per-element |w| scaling, eta = 0].
+    Scaled gradients G = s*g give the same e: the scale is taken out of the norm before eps is added.
+    """
+    if adaptive:
+        torch._foreach_mul_(grads, params)  # w ⊙ G
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
+        torch._foreach_mul_(grads, params)  # w² ⊙ G
+    else:
+        norm = norm_sq.sqrt() / inv_scale  # ||G|| = s * ||g||
+    # rho * G / (||G|| + s*eps) == rho * g / (||g|| + eps)
+    factor = rho / (norm + EPS / inv_scale)
+    torch._foreach_mul_(grads, factor.to(grads[0].dtype))
+
+
+def looksam_direction_(buffer: Sequence[Tensor], sam_grads: Sequence[Tensor], inv_scale: float = 1.0) -> Tensor:
+    """Turn `buffer` (holding the plain gradient g, unscaled) into g_v, the part of g_s orthogonal to g.
+
+    g_v = g_s - (<g_s, g> / ||g||²) g, with global dot product and norms [choice]. `sam_grads` carry this step's loss
+    scale; g_v is stored unscaled. Returns ||g_v|| (0-dim tensor), reused by every later non-SAM step.
+    """
+    # No foreach kernel computes dot products; this loop runs on SAM steps of the LookSAM policies only.
+    dot = torch.stack([torch.vdot(a.flatten().float(), b.flatten().float()) for a, b in zip(sam_grads, buffer)]).sum()
+    g_sq = torch.stack(torch._foreach_norm(buffer, 2, dtype=torch.float32)).square().sum()
+    coeff = dot * inv_scale / g_sq.clamp_min(EPS)
+    torch._foreach_mul_(buffer, -coeff.to(buffer[0].dtype))  # -c * g
+    torch._foreach_add_(buffer, sam_grads, alpha=inv_scale)  # + g_s
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(buffer, 2, dtype=torch.float32)))
+
+
+def apply_looksam_(grads: Sequence[Tensor], g_v: Sequence[Tensor], g_v_norm: Tensor, alpha: float, grad_norm: Tensor) -> None:
+    """g <- g + alpha * (||g|| / ||g_v||) * g_v, in place, in the units of `grads`.
+
+    `grad_norm` must be ||G|| of the gradients as they are (scaled if they are scaled): the formula is then exact in
+    any units, since g_v enters only through its direction.
+    """
+    factor = alpha * grad_norm / g_v_norm.clamp_min(EPS)
+    torch._foreach_add_(grads, torch._foreach_mul(g_v, factor.to(g_v[0].dtype)))
+
+
+@contextlib.contextmanager
+def frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """Inside the block, BatchNorm-style layers normalise with batch statistics but do not update their buffers.
+
+    [choice] The second SAM pass sees perturbed weights; its statistics would bias the running estimates used at
+    eval time. Switching `track_running_stats` off for the block is exact (no momentum tricks) and costs nothing.
+    """
+    layers = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.training
+    ]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True

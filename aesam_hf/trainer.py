@@ -1,0 +1,222 @@
+"""`AESAMTrainerMixin` and `AESAMTrainer`: SAM policies inside `transformers.Trainer`'s `training_step`.
+
+Implements `../shared/spec/aesam.md` under the stock training loop: one decision per optimizer step, taken after the
+last micro-batch of the step has been back-propagated (so from the full accumulated and, under DDP, all-reduced
+gradient); a SAM step re-runs forward/backward on every micro-batch of the step at w + e, so gradient accumulation
+2x4 gives the same update as 1x8. AE-SAM: https://huggingface.co/papers/2304.14647.
+
+Mixed precision, clipping, the scheduler and the base optimizer are the stock Trainer's: the override only changes
+what is in `.grad` when `training_step` returns on the last micro-batch.
+"""
+
+import contextlib
+import copy
+import functools
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import has_length
+
+from .config import AESAMConfig
+from .controller import SAMController
+from .policies import POLICIES, make_policy
+from .sam import frozen_running_stats
+
+
+SAM_STATE_NAME = "sam_state.pt"
+_TAG = "aesam"
+
+
+class _SAMTrainBeginCallback(TrainerCallback):
+    """Builds the controller when `train()` starts: only then are `max_steps` (T) and a resumed state known."""
+
+    def __init__(self, trainer: "AESAMTrainerMixin"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._sam_begin_training(state.max_steps, state.global_step)
+
+
+class AESAMTrainerMixin:
+    """Adds the SAM policies of `AESAMConfig` to any `transformers.Trainer` subclass.
+
+    Put it first in the bases, e.g. `class MySFTTrainer(AESAMTrainerMixin, SFTTrainer)`; `args` must be an
+    `AESAMConfig`. Subclasses whose `compute_loss` records metrics will record them twice on SAM steps (the second
+    pass runs `compute_loss` again at w + e).
+    """
+
+    _tag_names = [_TAG]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, AESAMConfig):
+            raise ValueError(
+                f"`args` must be an AESAMConfig, got {type(self.args).__name__}; build it with AESAMConfig(...) or "
+                "HfArgumentParser(AESAMConfig)."
+            )
+        # Accelerate can switch these on from its own config (`accelerate launch --use_fsdp`), not only from args.
+        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
+            backend = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
+            raise ValueError(
+                f"{backend} is not supported by AESAMTrainer yet: the SAM step needs the full gradient and weights on "
+                "every rank. Use multi-process DDP (`accelerate launch` / `torchrun`) instead."
+            )
+        if (
+            "total_steps" in POLICIES[self.args.sam_policy].hparams
+            and self.args.max_steps <= 0
+            and self.train_dataset is not None
+            and not has_length(self.train_dataset)
+        ):
+            raise ValueError(
+                f"`max_steps` ({self.args.max_steps}) must be > 0 for `optim` {self.args.optim!r}: its threshold "
+                "schedule needs the total number of steps, and the training dataset has no length."
+            )
+        self._sam_controller: SAMController | None = None
+        self._sam_resume_state: dict[str, Any] | None = None
+        self._sam_micro_batches: list[tuple[Any, Any]] = []
+        self._sam_metrics: dict[str, list] = defaultdict(list)
+        self.add_callback(_SAMTrainBeginCallback(self))
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names + [f"sam-policy-{self.args.sam_policy.value}"])
+
+    # ---- optimizer: the stock one named by `sam_base_optim` ----
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None):
+        # The stock handlers look up `args.optim`; hand them a shallow copy that names the base optimizer.
+        if isinstance(args, AESAMConfig):
+            args = copy.copy(args)
+            args.optim = args.sam_base_optim
+        return Trainer.get_optimizer_cls_and_kwargs(args, model)
+
+    # ---- the step ----
+
+    def _sam_begin_training(self, max_steps: int, global_step: int) -> None:
+        args = self.args
+        policy = make_policy(
+            args.sam_policy,
+            total_steps=max_steps,
+            seed=args.seed,
+            interval=args.sam_interval,
+            probability=args.sam_probability,
+            delta=args.aesam_delta,
+            lambda1=args.aesam_lambda1,
+            lambda2=args.aesam_lambda2,
+        )
+        self._sam_controller = SAMController(
+            self.model.parameters(),
+            policy,
+            rho=args.sam_rho,
+            adaptive=args.sam_adaptive,
+            looksam_alpha=args.looksam_alpha,
+            broadcast_grad_norm=args.world_size > 1,
+        )
+        if self._sam_resume_state is not None:
+            self._sam_controller.load_state_dict(self._sam_resume_state)
+            self._sam_resume_state = None
+        if self._sam_controller.t != global_step:
+            # A checkpoint without SAM state (e.g. from the stock Trainer): keep the step index in line with the
+            # Trainer so that c_t and the periodic schedule are right; the statistics start afresh.
+            self._sam_controller.t = global_step
+        self._sam_micro_batches = []
+        self._sam_metrics.clear()
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        controller = self._sam_controller
+        if controller is None:  # training_step called outside train()
+            return super().training_step(model, inputs, num_items_in_batch)
+        if controller.policy.can_sam:
+            # Keep every micro-batch of the step: a SAM step re-runs all of them at w + e. The Trainer has already
+            # prefetched them all for this step, so this holds references, not copies of the data.
+            self._sam_micro_batches.append((copy.copy(inputs), num_items_in_batch))
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not self.accelerator.sync_gradients:
+            return loss  # not the last micro-batch: the step's gradient is not complete yet
+
+        micro_batches, self._sam_micro_batches = self._sam_micro_batches, []
+        scaler = self.accelerator.scaler
+        grad_scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+        if controller.maybe_perturb(grad_scale=grad_scale):
+            freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
+            with freeze:
+                for i, (mb_inputs, mb_items) in enumerate(micro_batches):
+                    # As in the stock loop: DDP all-reduces once, on the last micro-batch of the pass.
+                    last = i == len(micro_batches) - 1
+                    sync = contextlib.nullcontext if last else functools.partial(self.accelerator.no_sync, model=model)
+                    with sync():
+                        super().training_step(model, mb_inputs, mb_items)
+            controller.restore()
+        self._sam_record_step(controller)
+        return loss
+
+    # ---- logging ----
+
+    def _sam_record_step(self, controller: SAMController) -> None:
+        # x, mu, sigma and the decision come from the all-reduced gradient, identical on every rank: no gather.
+        last = controller.last
+        metrics = self._sam_metrics
+        if last.get("overflow"):
+            metrics["overflow"].append(1.0)
+            return
+        metrics["grad_norm_sq"].append(last["grad_norm_sq"])
+        metrics["sam"].append(float(last["sam"]))
+        for key in ("mu", "sigma", "threshold_c", "threshold"):
+            if key in last:
+                metrics[key].append(last[key])
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        controller = self._sam_controller
+        is_eval = any(k.startswith(("eval_", "test_")) for k in logs)
+        if controller is not None and not is_eval and (self._sam_metrics or "train_runtime" in logs):
+            metrics = self._sam_metrics
+            if metrics["sam"]:
+                logs["sam/fraction"] = sum(metrics["sam"]) / len(metrics["sam"])
+            if metrics["grad_norm_sq"]:
+                # Device tensors (ERM policy, which never syncs in the step) are read here, once per log.
+                xs = [float(x) for x in metrics["grad_norm_sq"]]
+                logs["sam/grad_norm_sq"] = sum(xs) / len(xs)
+            for key in ("mu", "sigma", "threshold_c", "threshold"):
+                if metrics[key]:
+                    logs[f"sam/{key}"] = sum(metrics[key]) / len(metrics[key])
+            if metrics["overflow"]:
+                logs["sam/overflow_steps"] = float(len(metrics["overflow"]))
+            logs["sam/fraction_total"] = controller.sam_fraction
+            logs["sam/passes"] = float(controller.passes)
+            metrics.clear()
+        super().log(logs, *args, **kwargs)
+
+    # ---- checkpointing: the controller's state travels with the optimizer's ----
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        # Identical on every rank, so one copy written by the main process is enough.
+        if self._sam_controller is not None and self.args.should_save:
+            torch.save(self._sam_controller.state_dict(), os.path.join(output_dir, SAM_STATE_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, SAM_STATE_NAME)
+        if os.path.isfile(path):
+            # Applied by `_sam_begin_training`, which runs right after this when the controller exists.
+            self._sam_resume_state = torch.load(path, map_location="cpu", weights_only=True)
+
+    # ---- model card ----
+
+    def create_model_card(self, *args, tags: str | list[str] | None = None, **kwargs) -> None:
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        for tag in self._tag_names + [f"sam-policy-{self.args.sam_policy.value}"]:
+            if tag not in tags:
+                tags.append(tag)
+        super().create_model_card(*args, tags=tags, **kwargs)
+
+
+class AESAMTrainer(AESAMTrainerMixin, Trainer):
+    """`transformers.Trainer` with the SAM policies of `AESAMConfig` (AE-SAM by default)."""
