@@ -28,7 +28,9 @@ def _incompatible_base_optimizer(name: str) -> str | None:
     if name in (OptimizerNames.LOMO.value, OptimizerNames.ADALOMO.value):
         return "LOMO fuses the update into the backward pass, so the SAM pass at w + e would already move the weights"
     if "layerwise" in name:
-        return "layer-wise optimizers step inside backward hooks, so the SAM pass at w + e would already move the weights"
+        return (
+            "layer-wise optimizers step inside backward hooks, so the SAM pass at w + e would already move the weights"
+        )
     return None
 
 
@@ -108,7 +110,8 @@ class AESAMConfig(TrainingArguments):
         default=False, metadata={"help": "Use ASAM's scale-invariant perturbation rho * w^2 g / ||w g||."}
     )
     looksam_alpha: float = field(
-        default=0.7, metadata={"help": "Weight >= 0 of the reused SAM direction on non-SAM steps (looksam, aelooksam)."}
+        default=0.7,
+        metadata={"help": "Weight >= 0 of the reused SAM direction on non-SAM steps (looksam, aelooksam)."},
     )
     sam_freeze_bn_stats: bool = field(
         default=True,
@@ -129,17 +132,7 @@ class AESAMConfig(TrainingArguments):
             )
         self.sam_base_optim = getattr(self.sam_base_optim, "value", self.sam_base_optim)
         self._check_base_optimizer()
-        self.optim = self.sam_base_optim
-        super().__post_init__()
-        self.optim = optim
-
-        check_rho(self.sam_rho, "sam_rho")
-        check_interval(self.sam_interval, "sam_interval")
-        check_probability(self.sam_probability, "sam_probability")
-        check_delta(self.aesam_delta, "aesam_delta")
-        check_finite(self.aesam_lambda1, "aesam_lambda1")
-        check_finite(self.aesam_lambda2, "aesam_lambda2")
-        check_alpha(self.looksam_alpha, "looksam_alpha")
+        # Checked before `super().__post_init__()`, which would first import DeepSpeed and rewrite `fsdp`.
         # The SAM step needs the whole gradient and the whole weight vector on each rank; DeepSpeed ZeRO and FSDP
         # shard them. (DDP, single device and DataParallel are supported.)
         if self.deepspeed:
@@ -152,6 +145,17 @@ class AESAMConfig(TrainingArguments):
                 f"`fsdp` ({self.fsdp!r}) is not supported by AESAMTrainer yet: the SAM step needs the full gradient "
                 "and weights on every rank. Use multi-process DDP (`accelerate launch` / `torchrun`) instead."
             )
+        self.optim = self.sam_base_optim
+        super().__post_init__()
+        self.optim = optim
+
+        check_rho(self.sam_rho, "sam_rho")
+        check_interval(self.sam_interval, "sam_interval")
+        check_probability(self.sam_probability, "sam_probability")
+        check_delta(self.aesam_delta, "aesam_delta")
+        check_finite(self.aesam_lambda1, "aesam_lambda1")
+        check_finite(self.aesam_lambda2, "aesam_lambda2")
+        check_alpha(self.looksam_alpha, "looksam_alpha")
 
     def _check_base_optimizer(self) -> None:
         base = self.sam_base_optim
@@ -161,7 +165,9 @@ class AESAMConfig(TrainingArguments):
                 f"e.g. 'adamw_torch' or 'sgd' (one of {list(STOCK_OPTIMIZERS)}). Put the policy in `optim`."
             )
         if base not in STOCK_OPTIMIZERS:
-            raise ValueError(f"`sam_base_optim` ({base!r}) must be a stock optimizer, one of {list(STOCK_OPTIMIZERS)}.")
+            raise ValueError(
+                f"`sam_base_optim` ({base!r}) must be a stock optimizer, one of {list(STOCK_OPTIMIZERS)}."
+            )
         reason = _incompatible_base_optimizer(base)
         if reason is not None and self.sam_policy.value != SAMPolicyName.ERM.value:
             raise ValueError(f"`sam_base_optim` ({base!r}) cannot be used with `optim` {self.optim!r}: {reason}.")

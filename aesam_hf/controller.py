@@ -80,7 +80,9 @@ class SAMController:
         if len(devices) > 1:
             # One global norm and one perturbation kernel per list need one device; model parallelism across
             # devices in one process (`device_map`) is not supported.
-            raise ValueError(f"`params` span several devices ({sorted(map(str, devices))}); use one device per process.")
+            raise ValueError(
+                f"`params` span several devices ({sorted(map(str, devices))}); use one device per process."
+            )
         self.policy = policy
         self.rho = rho
         self.adaptive = adaptive

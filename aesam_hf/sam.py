@@ -71,7 +71,9 @@ def looksam_direction_(buffer: Sequence[Tensor], sam_grads: Sequence[Tensor], in
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(buffer, 2, dtype=torch.float32)))
 
 
-def apply_looksam_(grads: Sequence[Tensor], g_v: Sequence[Tensor], g_v_norm: Tensor, alpha: float, grad_norm: Tensor) -> None:
+def apply_looksam_(
+    grads: Sequence[Tensor], g_v: Sequence[Tensor], g_v_norm: Tensor, alpha: float, grad_norm: Tensor
+) -> None:
     """g <- g + alpha * (||g|| / ||g_v||) * g_v, in place, in the units of `grads`.
 
     `grad_norm` must be ||G|| of the gradients as they are (scaled if they are scaled): the formula is then exact in

@@ -126,7 +126,10 @@ class AESAMTrainerMixin:
         self._sam_metrics.clear()
 
     def training_step(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: torch.Tensor | int | None = None
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         controller = self._sam_controller
         if controller is None:  # training_step called outside train()

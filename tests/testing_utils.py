@@ -54,10 +54,11 @@ class MLPRegressionModel(nn.Module):
     def __init__(self, dim: int = 4, hidden: int = 8, batch_norm: bool = False, seed: int = 0):
         super().__init__()
         torch.manual_seed(seed)
-        layers = [nn.Linear(dim, hidden)]
+        # BatchNorm after the activation: right after a Linear it would zero that Linear's bias gradient.
+        layers = [nn.Linear(dim, hidden), nn.Tanh()]
         if batch_norm:
             layers.append(nn.BatchNorm1d(hidden))
-        layers += [nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)]
+        layers += [nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, input_x, labels=None):

@@ -1,0 +1,93 @@
+"""AESAMConfig: policy names in `optim`, the base optimizer, validation before training, the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import HfArgumentParser
+
+from aesam_hf import AESAMConfig, SAMPolicyName
+from aesam_hf.config import POLICY_NAMES
+
+
+def _config(tmp_path, **kwargs):
+    return AESAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kwargs)
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_name_is_accepted(tmp_path, name):
+    args = _config(tmp_path, optim=name)
+    assert args.optim == name
+    assert args.sam_policy == SAMPolicyName(name)
+    assert args.sam_base_optim == "adamw_torch"
+
+
+def test_default_is_aesam(tmp_path):
+    assert _config(tmp_path).sam_policy is SAMPolicyName.AESAM
+
+
+def test_stock_optimizer_means_erm_with_that_optimizer(tmp_path):
+    args = _config(tmp_path, optim="sgd")
+    assert args.sam_policy is SAMPolicyName.ERM
+    assert args.sam_base_optim == "sgd"
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"optim": "adam_sam"}, "optim"),
+        ({"sam_base_optim": "aesam"}, "sam_base_optim"),
+        ({"sam_base_optim": "not_an_optimizer"}, "sam_base_optim"),
+        ({"optim": "sam", "sam_base_optim": "lomo"}, "sam_base_optim"),
+        ({"sam_rho": -0.01}, "sam_rho"),
+        ({"aesam_delta": 1.0}, "aesam_delta"),
+        ({"aesam_delta": 0.0}, "aesam_delta"),
+        ({"aesam_delta": -0.5}, "aesam_delta"),
+        ({"sam_probability": 1.01}, "sam_probability"),
+        ({"sam_probability": -0.1}, "sam_probability"),
+        ({"sam_interval": 0}, "sam_interval"),
+        ({"aesam_lambda1": float("inf")}, "aesam_lambda1"),
+        ({"looksam_alpha": -0.5}, "looksam_alpha"),
+        ({"deepspeed": {"zero_optimization": {"stage": 2}}}, "deepspeed"),
+        ({"fsdp": "full_shard"}, "fsdp"),
+    ],
+)
+def test_bad_values_raise_naming_the_argument_and_value(tmp_path, kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`") as err:
+        _config(tmp_path, **kwargs)
+    shown = next(iter(kwargs.values())) if argument != "sam_base_optim" else kwargs["sam_base_optim"]
+    if not isinstance(shown, dict):
+        assert str(shown) in str(err.value) or repr(shown) in str(err.value)
+
+
+def test_unknown_optim_lists_the_allowed_names(tmp_path):
+    with pytest.raises(ValueError, match="aelooksam") as err:
+        _config(tmp_path, optim="adam_sam")
+    assert "adamw_torch" in str(err.value)
+
+
+def test_cli_and_json_give_the_same_config(tmp_path):
+    flags = ["--output_dir", str(tmp_path), "--optim", "aelooksam", "--sam_rho", "0.1", "--aesam_delta", "0.95",
+             "--sam_base_optim", "sgd", "--use_cpu", "--report_to", "none"]  # fmt: skip
+    (from_cli,) = HfArgumentParser(AESAMConfig).parse_args_into_dataclasses(flags)
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"output_dir": str(tmp_path), "optim": "aelooksam", "sam_rho": 0.1,
+                                "aesam_delta": 0.95, "sam_base_optim": "sgd", "use_cpu": True, "report_to": "none"}))  # fmt: skip
+    (from_json,) = HfArgumentParser(AESAMConfig).parse_json_file(str(path))
+    for args in (from_cli, from_json):
+        assert (args.optim, args.sam_rho, args.aesam_delta, args.sam_base_optim) == ("aelooksam", 0.1, 0.95, "sgd")
+
+
+def test_cli_rejects_an_unknown_policy(tmp_path):
+    with pytest.raises(SystemExit):
+        HfArgumentParser(AESAMConfig).parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--optim", "nope"])
+
+
+def test_help_parses():
+    # argparse formats every help string with %: a stray % in a field's help crashes `--help`.
+    code = "from transformers import HfArgumentParser; from aesam_hf import AESAMConfig; HfArgumentParser(AESAMConfig).parse_args(['--help'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--optim", "--sam_rho", "--aesam_delta", "--sam_interval", "--looksam_alpha", "step %% k"):
+        assert flag.replace("%%", "%") in out.stdout

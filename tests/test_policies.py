@@ -1,0 +1,110 @@
+"""Policy contract tests, parametrized over the registry, and the exact rules of each policy."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from aesam_hf.policies import (
+    POLICIES,
+    AdaptivePolicy,
+    AELookSAMPolicy,
+    PeriodicPolicy,
+    RandomPolicy,
+    SAMPolicyName,
+    make_policy,
+)
+
+
+def _xs(n: int = 200, seed: int = 0) -> list[float]:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, generator=gen, dtype=torch.float64) * 10).tolist()
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_registry_names_match_classes(name):
+    assert POLICIES[name].name == name
+    assert SAMPolicyName(name.value) is name
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_state_dict_resumes_the_same_decisions(name):
+    policy = make_policy(name, total_steps=200, seed=3)
+    xs = _xs()
+    first = [policy.decide(t, x) for t, x in enumerate(xs[:100])]
+    snapshot = copy.deepcopy(policy.state_dict())
+    rest = [policy.decide(t, x) for t, x in enumerate(xs[100:], start=100)]
+
+    resumed = make_policy(name, total_steps=200, seed=3)
+    resumed.load_state_dict(snapshot)
+    assert [resumed.decide(t, x) for t, x in enumerate(xs[100:], start=100)] == rest
+    if name == SAMPolicyName.ERM:
+        assert not any(first + rest)
+    if name == SAMPolicyName.SAM:
+        assert all(first + rest)
+
+
+def test_unknown_policy_lists_the_allowed_names():
+    with pytest.raises(ValueError, match="aesam.*aelooksam"):
+        make_policy("adam_sam")
+
+
+def test_periodic_and_looksam_fire_exactly_at_multiples_of_k():
+    for cls in (PeriodicPolicy, POLICIES[SAMPolicyName.LOOKSAM]):
+        policy = cls(interval=4)
+        assert [t for t in range(20) if policy.decide(t, None)] == [0, 4, 8, 12, 16]
+
+
+def test_random_policy_is_the_seeded_bernoulli_sequence():
+    policy = RandomPolicy(probability=0.3, seed=11)
+    decisions = [policy.decide(t, None) for t in range(500)]
+    gen = torch.Generator().manual_seed(11)
+    assert decisions == [torch.rand((), generator=gen).item() < 0.3 for _ in range(500)]
+    assert decisions != [RandomPolicy(0.3, seed=12).decide(t, None) for t in range(500)]
+    assert 0.22 < sum(decisions) / 500 < 0.38
+
+
+@pytest.mark.parametrize("cls", [AdaptivePolicy, AELookSAMPolicy])
+def test_adaptive_rule_matches_the_spec_formulas(cls):
+    T = 300
+    policy = cls(delta=0.8, lambda1=-0.5, lambda2=1.5, total_steps=T)
+    mu, var = 0.0, 1e-10
+    for t, x in enumerate(_xs(T, seed=1)):
+        mu = 0.8 * mu + 0.2 * x
+        var = 0.8 * var + 0.2 * (x - mu) ** 2
+        c = (t / T) * -0.5 + (1 - t / T) * 1.5
+        expected = x >= mu + c * math.sqrt(var)
+        assert policy.decide(t, x) == expected, f"step {t}"
+        stats = policy.stats()
+        assert stats["mu"] == pytest.approx(mu, rel=1e-12)
+        assert stats["sigma"] == pytest.approx(math.sqrt(var), rel=1e-12)
+        assert stats["threshold_c"] == pytest.approx(c, rel=1e-12)
+
+
+def test_adaptive_defaults_fire_on_about_half_the_steps():
+    # With lambda1 = -1, lambda2 = 1, the fraction is roughly the mean of Phi(-c_t) = 0.5 (spec).
+    T = 2000
+    policy = AdaptivePolicy(total_steps=T)
+    gen = torch.Generator().manual_seed(0)
+    xs = (1.0 + 0.2 * torch.randn(T, generator=gen, dtype=torch.float64)).tolist()
+    fraction = sum(policy.decide(t, x) for t, x in enumerate(xs)) / T
+    assert 0.4 < fraction < 0.6
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"name": "aesam", "delta": 1.0, "total_steps": 10}, "delta"),
+        ({"name": "aesam", "delta": 0.0, "total_steps": 10}, "delta"),
+        ({"name": "aesam", "total_steps": None}, "total_steps"),
+        ({"name": "aelooksam", "total_steps": 0}, "total_steps"),
+        ({"name": "aesam", "lambda1": float("nan"), "total_steps": 10}, "lambda1"),
+        ({"name": "random", "probability": 1.5}, "probability"),
+        ({"name": "periodic", "interval": 0}, "interval"),
+        ({"name": "looksam", "interval": -2}, "interval"),
+    ],
+)
+def test_bad_hyperparameters_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        make_policy(**kwargs)

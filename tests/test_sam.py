@@ -1,0 +1,218 @@
+"""The pure-PyTorch layer: norms, perturbation, exact restore, LookSAM direction, frozen BN, the controller."""
+
+import pytest
+import torch
+from torch import nn
+
+from aesam_hf import SAMController, frozen_running_stats, make_policy
+from aesam_hf.sam import apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
+
+
+def _tensors(seed: int, shapes=((3, 4), (5,), (2, 2, 2))) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen) for s in shapes]
+
+
+def _flat(ts):
+    return torch.cat([t.flatten() for t in ts])
+
+
+def test_grad_norm_sq_is_one_global_norm_and_removes_the_loss_scale():
+    grads = _tensors(0)
+    expected = _flat(grads).square().sum()
+    torch.testing.assert_close(grad_norm_sq(grads), expected)
+    torch.testing.assert_close(grad_norm_sq([g * 1024 for g in grads], inv_scale=1 / 1024), expected)
+    grads[1][2] = float("inf")
+    assert not torch.isfinite(grad_norm_sq(grads))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 2.0**16])
+def test_perturbation_matches_the_formula_in_any_loss_scale(adaptive, scale):
+    params, grads = _tensors(1), _tensors(2)
+    g, w = _flat(grads), _flat(params)
+    rho = 0.05
+    if adaptive:
+        expected = rho * w.square() * g / ((w * g).norm() + 1e-12)
+    else:
+        expected = rho * g / (g.norm() + 1e-12)
+    scaled = [x * scale for x in grads]
+    sam_perturbation_(params, scaled, rho, adaptive, grad_norm_sq(scaled, 1 / scale), inv_scale=1 / scale)
+    torch.testing.assert_close(_flat(scaled), expected, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(_flat(scaled).norm(), torch.tensor(rho) if not adaptive else expected.norm())
+
+
+def test_looksam_direction_is_the_part_of_g_s_orthogonal_to_g():
+    g, g_s = _tensors(3), _tensors(4)
+    fg, fs = _flat(g), _flat(g_s)
+    expected = fs - (fs @ fg) / (fg @ fg) * fg
+    buffer = [x.clone() for x in g]
+    scale = 8.0
+    norm = looksam_direction_(buffer, [x * scale for x in g_s], inv_scale=1 / scale)
+    torch.testing.assert_close(_flat(buffer), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm, expected.norm())
+    assert abs(float(_flat(buffer) @ fg)) < 1e-4
+
+
+def test_apply_looksam_adds_the_scaled_direction():
+    g, g_v = _tensors(5), _tensors(6)
+    fg, fv = _flat(g), _flat(g_v)
+    expected = fg + 0.7 * fg.norm() / fv.norm() * fv
+    apply_looksam_(g, g_v, fv.norm(), 0.7, fg.norm())
+    torch.testing.assert_close(_flat(g), expected)
+
+
+def test_frozen_running_stats_keeps_buffers_and_uses_batch_statistics():
+    bn = nn.BatchNorm1d(4).train()
+    x = torch.randn(16, 4) * 3 + 1
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    with frozen_running_stats(bn):
+        out = bn(x)
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert bn.track_running_stats
+    torch.testing.assert_close(out.mean(0), torch.zeros(4), atol=1e-5, rtol=0)  # batch statistics were used
+    bn(x)
+    assert not torch.equal(bn.running_mean, before["running_mean"])  # outside the block it updates again
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+def _loss(model, x, y):
+    return nn.functional.mse_loss(model(x).squeeze(-1), y)
+
+
+def test_controller_restores_the_weights_bit_for_bit():
+    model = _model()
+    x, y = torch.randn(16, 4), torch.randn(16)
+    before = [p.detach().clone() for p in model.parameters()]
+    sam = SAMController(model.parameters(), make_policy("sam"), rho=0.5)
+    _loss(model, x, y).backward()
+    assert sam.maybe_perturb()
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    _loss(model, x, y).backward()
+    sam.restore()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+    assert sam.passes == 2 and sam.sam_steps == 1 and sam.t == 1
+
+
+def test_controller_sam_step_equals_a_hand_written_one():
+    model, ref = _model(), _model()
+    x, y = torch.randn(16, 4), torch.randn(16)
+    rho = 0.1
+    sam = SAMController(model.parameters(), make_policy("sam"), rho=rho)
+    _loss(model, x, y).backward()
+    sam.maybe_perturb()
+    _loss(model, x, y).backward()
+    sam.restore()
+
+    _loss(ref, x, y).backward()
+    grads = [p.grad.clone() for p in ref.parameters()]
+    norm = torch.sqrt(sum(g.square().sum() for g in grads))
+    with torch.no_grad():
+        for p, g in zip(ref.parameters(), grads):
+            p.add_(rho * g / (norm + 1e-12))
+    ref.zero_grad()
+    _loss(ref, x, y).backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_erm_policy_leaves_the_gradient_alone_without_a_host_sync():
+    model = _model()
+    _loss(model, torch.randn(8, 4), torch.randn(8)).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    sam = SAMController(model.parameters(), make_policy("erm"))
+    assert not sam.maybe_perturb()
+    assert isinstance(sam.last["grad_norm_sq"], torch.Tensor)  # stays on the device
+    for p, g in zip(model.parameters(), grads):
+        assert torch.equal(p.grad, g)
+
+
+def test_aelooksam_before_any_sam_step_is_plain_erm():
+    model = _model()
+    # A threshold far above any x: no SAM step, hence no g_v, hence nothing added to g.
+    sam = SAMController(model.parameters(), make_policy("aelooksam", total_steps=10, lambda1=50.0, lambda2=50.0))
+    for _ in range(3):
+        model.zero_grad()
+        _loss(model, torch.randn(8, 4), torch.randn(8)).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        assert not sam.maybe_perturb()
+        assert sam.g_v is None
+        for p, g in zip(model.parameters(), grads):
+            assert torch.equal(p.grad, g)
+
+
+def test_controller_state_dict_round_trip():
+    model = _model()
+    sam = SAMController(model.parameters(), make_policy("aelooksam", total_steps=20))
+    for _ in range(4):
+        model.zero_grad()
+        x, y = torch.randn(8, 4), torch.randn(8)
+        _loss(model, x, y).backward()
+        if sam.maybe_perturb():
+            _loss(model, x, y).backward()
+            sam.restore()
+    state = sam.state_dict()
+    other = SAMController(_model().parameters(), make_policy("aelooksam", total_steps=20))
+    other.load_state_dict(state)
+    assert other.state_dict()["policy"] == state["policy"]
+    assert (other.t, other.passes, other.sam_steps) == (sam.t, sam.passes, sam.sam_steps)
+    for a, b in zip(other.g_v, sam.g_v):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="optim"):
+        SAMController(_model().parameters(), make_policy("sam")).load_state_dict(state)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_grad_scaler_overflow_skips_the_step_and_leaves_the_policy_untouched(bad):
+    """The real GradScaler (CPU) with fp16 autocast: a planted inf/NaN makes an overflow step."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    sam = SAMController(model.parameters(), make_policy("aesam", total_steps=10))
+    x, y = torch.randn(8, 4), torch.randn(8)
+
+    def step(plant: bool) -> bool:
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = _loss(model, x, y)
+        scaler.scale(loss).backward()
+        if plant:
+            next(model.parameters()).grad[0, 0] = bad
+        is_sam = sam.maybe_perturb(grad_scale=scaler.get_scale())
+        if is_sam:
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = _loss(model, x, y)
+            scaler.scale(loss).backward()
+            sam.restore()
+        scaler.step(optimizer)
+        scaler.update()
+        return is_sam
+
+    assert step(plant=False)  # the first step of aesam is a SAM step
+    policy_state = dict(sam.policy.state_dict())
+    weights = [p.detach().clone() for p in model.parameters()]
+    assert not step(plant=True)
+    assert sam.overflow_steps == 1 and sam.last["overflow"]
+    assert sam.policy.state_dict() == policy_state
+    for p, w in zip(model.parameters(), weights):
+        assert torch.equal(p, w)  # skipped by the scaler, and never perturbed
+    assert scaler.get_scale() == 2.0**9
+    step(plant=False)
+    assert sam.policy.state_dict() != policy_state and sam.decided_steps == 2
+
+
+def test_controller_rejects_bad_arguments():
+    model = _model()
+    with pytest.raises(ValueError, match="`rho`"):
+        SAMController(model.parameters(), make_policy("sam"), rho=-0.1)
+    with pytest.raises(ValueError, match="`alpha`"):
+        SAMController(model.parameters(), make_policy("looksam"), looksam_alpha=-1)
+    with pytest.raises(ValueError, match="params"):
+        SAMController([nn.Parameter(torch.zeros(2), requires_grad=False)], make_policy("sam"))

@@ -1,0 +1,352 @@
+"""AESAMTrainer against the stock Trainer and against hand-written two-pass references, step by step."""
+
+import math
+
+import pytest
+import torch
+from testing_utils import (
+    MLPRegressionModel,
+    RegressionDataset,
+    TokenDataset,
+    get_config,
+    get_trainer,
+    sam_logs,
+    tiny_bert,
+)
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from aesam_hf import AESAMTrainer, AESAMTrainerMixin
+
+
+class ParamRecorder(TrainerCallback):
+    """Copies every named parameter after each optimizer step."""
+
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.steps.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+
+def assert_steps_close(ours, reference, atol=1e-6, rtol=1e-6, exact=False):
+    assert len(ours) == len(reference), (len(ours), len(reference))
+    for step, (a, b) in enumerate(zip(ours, reference), start=1):
+        for name in b:
+            if exact:
+                assert torch.equal(a[name], b[name]), f"step {step}, parameter {name}"
+            else:
+                torch.testing.assert_close(
+                    a[name], b[name], atol=atol, rtol=rtol, msg=f"step {step}, parameter {name}"
+                )
+
+
+def run_recorded(trainer) -> list[dict[str, torch.Tensor]]:
+    recorder = ParamRecorder()
+    trainer.add_callback(recorder)
+    trainer.train()
+    return recorder.steps
+
+
+# ---- a hand-written reference: the spec's SAM / LookSAM step with AdamW, written without aesam_hf ----
+
+
+def _batch(dataset, step, batch_size):
+    idx = [(step * batch_size + i) % len(dataset) for i in range(batch_size)]
+    items = [dataset[i] for i in idx]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def reference_run(model, dataset, steps, decide, rho=0.05, adaptive=False, alpha=0.7, lr=0.05, batch_size=8):
+    """`decide(t) -> "sam" | "erm" | "looksam"`; clips to norm 1 like the Trainer's default `max_grad_norm`."""
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g_v = None
+    out = []
+    for t in range(steps):
+        batch = _batch(dataset, t, batch_size)
+        model.train()
+        opt.zero_grad()
+        model(**batch)["loss"].backward()
+        g = [p.grad.detach().clone() for p in params]
+        kind = decide(t)
+        if kind == "sam":
+            with torch.no_grad():
+                if adaptive:
+                    norm = torch.sqrt(sum(((p * gi) ** 2).sum() for p, gi in zip(params, g)))
+                    e = [rho * p * p * gi / (norm + 1e-12) for p, gi in zip(params, g)]
+                else:
+                    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+                    e = [rho * gi / (norm + 1e-12) for gi in g]
+                saved = [p.detach().clone() for p in params]
+                for p, ei in zip(params, e):
+                    p.add_(ei)
+            buffers = {n: b.clone() for n, b in model.named_buffers()}
+            opt.zero_grad()
+            model(**batch)["loss"].backward()
+            with torch.no_grad():
+                for p, w in zip(params, saved):
+                    p.copy_(w)
+                for n, b in model.named_buffers():  # BN statistics: as before the second pass
+                    b.copy_(buffers[n])
+            g_s = [p.grad.detach().clone() for p in params]
+            dot = sum((a * b).sum() for a, b in zip(g_s, g))
+            g_sq = sum((b * b).sum() for b in g)
+            g_v = [a - dot / g_sq * b for a, b in zip(g_s, g)]
+        elif kind == "looksam" and g_v is not None:
+            g_norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+            v_norm = torch.sqrt(sum((v**2).sum() for v in g_v))
+            for p, gi, v in zip(params, g, g_v):
+                p.grad = gi + alpha * g_norm / v_norm * v
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        out.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    return out
+
+
+SEQUENTIAL = dict(train_sampling_strategy="sequential")
+
+
+def test_erm_equals_the_stock_trainer_step_for_step(tmp_path):
+    data = RegressionDataset(length=64, dim=4)
+    ours = run_recorded(get_trainer(tmp_path / "a", model=MLPRegressionModel(), train_dataset=data, optim="erm"))
+    stock_args = TrainingArguments(
+        output_dir=str(tmp_path / "b"), report_to="none", use_cpu=True, disable_tqdm=True, seed=42,
+        learning_rate=0.05, per_device_train_batch_size=8, max_steps=6, logging_steps=1, save_strategy="no",
+        lr_scheduler_type="constant", optim="adamw_torch",
+    )  # fmt: skip
+    stock = run_recorded(Trainer(model=MLPRegressionModel(), args=stock_args, train_dataset=data))
+    assert_steps_close(ours, stock, exact=True)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_sam_equals_a_hand_written_two_pass_reference(tmp_path, adaptive, batch_norm):
+    data = RegressionDataset(length=24, dim=4)
+    trainer = get_trainer(
+        tmp_path, model=MLPRegressionModel(batch_norm=batch_norm), train_dataset=data, optim="sam",
+        sam_adaptive=adaptive, sam_rho=0.5, max_steps=3, **SEQUENTIAL,
+    )  # fmt: skip
+    ours = run_recorded(trainer)
+    ref_model = MLPRegressionModel(batch_norm=batch_norm)
+    reference = reference_run(ref_model, data, 3, lambda t: "sam", rho=0.5, adaptive=adaptive)
+    assert_steps_close(ours, reference)
+    if batch_norm:  # the second pass did not touch the running statistics
+        for (name, ours_buf), ref_buf in zip(trainer.model.named_buffers(), ref_model.buffers()):
+            torch.testing.assert_close(ours_buf, ref_buf, msg=name)
+    assert trainer._sam_controller.passes == 6
+
+
+def test_looksam_equals_a_hand_written_reference(tmp_path):
+    data = RegressionDataset(length=56, dim=4)
+    trainer = get_trainer(
+        tmp_path, train_dataset=data, optim="looksam", sam_interval=3, looksam_alpha=0.7, sam_rho=0.5,
+        max_steps=7, **SEQUENTIAL,
+    )  # fmt: skip
+    ours = run_recorded(trainer)
+    reference = reference_run(MLPRegressionModel(), data, 7, lambda t: "sam" if t % 3 == 0 else "looksam", rho=0.5)
+    assert_steps_close(ours, reference)
+    assert [h["sam/fraction"] for h in sam_logs(trainer)] == [1, 0, 0, 1, 0, 0, 1]
+
+
+@pytest.mark.parametrize("optim", ["sam", "aesam", "aelooksam"])
+def test_gradient_accumulation_2x4_equals_1x8(tmp_path, optim):
+    data = RegressionDataset(length=64, dim=4)
+    common = dict(train_dataset=data, optim=optim, max_steps=8, sam_rho=0.5, **SEQUENTIAL)
+    ga = get_trainer(tmp_path / "ga", per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
+    full = get_trainer(tmp_path / "full", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
+    ours, reference = run_recorded(ga), run_recorded(full)
+    assert [h["sam/fraction"] for h in sam_logs(ga)] == [h["sam/fraction"] for h in sam_logs(full)]
+    assert_steps_close(ours, reference, atol=1e-5, rtol=1e-5)
+    for a, b in zip(sam_logs(ga), sam_logs(full)):
+        assert a["sam/grad_norm_sq"] == pytest.approx(b["sam/grad_norm_sq"], rel=1e-5)
+
+
+def test_gradient_accumulation_reruns_every_micro_batch(tmp_path):
+    calls = []
+    model = MLPRegressionModel()
+    model.register_forward_hook(lambda m, args, kwargs_out: calls.append(1))
+    trainer = get_trainer(tmp_path, model=model, optim="sam", per_device_train_batch_size=2,
+                          gradient_accumulation_steps=4, max_steps=3)  # fmt: skip
+    trainer.train()
+    assert len(calls) == 3 * 4 * 2  # steps x micro-batches x passes
+    assert sam_logs(trainer)[-1]["sam/passes"] == 6
+
+
+@pytest.mark.parametrize("optim", ["aesam", "aelooksam"])
+def test_adaptive_decisions_follow_the_spec_from_the_logs(tmp_path, optim):
+    T, delta = 60, 0.9
+    trainer = get_trainer(tmp_path, optim=optim, max_steps=T, learning_rate=0.01, sam_rho=0.05)
+    trainer.train()
+    logs = sam_logs(trainer)
+    assert len(logs) == T
+    mu, var, sam_steps = 0.0, 1e-10, 0
+    for entry in logs:
+        t = entry["step"] - 1
+        x = entry["sam/grad_norm_sq"]
+        mu = delta * mu + (1 - delta) * x
+        var = delta * var + (1 - delta) * (x - mu) ** 2
+        c = (t / T) * -1.0 + (1 - t / T) * 1.0
+        assert entry["sam/mu"] == pytest.approx(mu, rel=1e-9), t
+        assert entry["sam/sigma"] == pytest.approx(math.sqrt(var), rel=1e-9), t
+        assert entry["sam/threshold_c"] == pytest.approx(c, abs=1e-12), t
+        assert entry["sam/fraction"] == float(x >= mu + c * math.sqrt(var)), t
+        sam_steps += entry["sam/fraction"]
+        assert entry["sam/fraction_total"] == pytest.approx(sam_steps / (t + 1))
+        assert entry["sam/passes"] == t + 1 + sam_steps
+    # With the default lambdas about half the steps are SAM steps (spec: roughly the mean of Phi(-c_t)).
+    assert 0.3 <= sam_steps / T <= 0.8
+
+
+def test_periodic_fires_exactly_at_multiples_of_k(tmp_path):
+    trainer = get_trainer(tmp_path, optim="periodic", sam_interval=4, max_steps=13)
+    trainer.train()
+    assert [h["sam/fraction"] for h in sam_logs(trainer)] == [float(t % 4 == 0) for t in range(13)]
+
+
+def test_random_policy_is_reproducible_from_the_seed(tmp_path):
+    def decisions(name, seed):
+        trainer = get_trainer(tmp_path / name, optim="random", sam_probability=0.5, max_steps=20, seed=seed)
+        trainer.train()
+        return [h["sam/fraction"] for h in sam_logs(trainer)]
+
+    first = decisions("a", 7)
+    assert first == decisions("b", 7)
+    assert first != decisions("c", 8)
+    gen = torch.Generator().manual_seed(7)
+    assert first == [float(torch.rand((), generator=gen).item() < 0.5) for _ in range(20)]
+
+
+def test_logging_steps_average_the_per_step_values(tmp_path):
+    trainer = get_trainer(tmp_path, optim="periodic", sam_interval=2, max_steps=8, logging_steps=4)
+    trainer.train()
+    logs = sam_logs(trainer)
+    assert [h["sam/fraction"] for h in logs] == [0.5, 0.5]
+    assert [h["sam/passes"] for h in logs] == [6.0, 12.0]
+    final = trainer.state.log_history[-1]
+    assert final["sam/fraction_total"] == 0.5 and final["sam/passes"] == 12.0
+
+
+def test_bf16_autocast_run(tmp_path):
+    dtypes = []
+    model = tiny_bert()
+    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    trainer = get_trainer(tmp_path, model=model, train_dataset=TokenDataset(), optim="sam", bf16=True,
+                          max_steps=3, learning_rate=1e-3)  # fmt: skip
+    before = [p.detach().clone() for p in model.parameters()]
+    out = trainer.train()
+    assert set(dtypes) == {torch.bfloat16} and len(dtypes) == 6  # two passes per step, under autocast
+    assert math.isfinite(out.training_loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert sam_logs(trainer)[-1]["sam/fraction_total"] == 1.0
+
+
+class _PlantNonFinite(TrainerCallback):
+    """Makes the gradient of one parameter inf/NaN during the first backward pass of step `at`."""
+
+    def __init__(self, param: nn.Parameter, at: int, value: float):
+        self.at, self.value, self.active = at, value, False
+        param.register_hook(lambda g: g.clone().fill_(self.value) if self.active else g)
+        self.snapshots = {}
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.active = state.global_step == self.at
+        self.trainer_state_before = None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.active = False
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("optim", ["aesam", "aelooksam", "sam"])
+def test_fp16_overflow_skips_the_step_and_leaves_the_policy_untouched(tmp_path, value, optim):
+    """The real GradScaler logic (CPU scaler injected where Accelerate only builds one on GPUs)."""
+    model = MLPRegressionModel()
+    trainer = get_trainer(tmp_path, model=model, optim=optim, fp16=True, max_steps=6)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    trainer.accelerator.scaler = scaler
+    planted = _PlantNonFinite(model.net[0].weight, at=3, value=value)
+    trainer.add_callback(planted)
+    states = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            c = trainer._sam_controller
+            states.append((dict(c.policy.state_dict()), c.g_v_norm, scaler.get_scale()))
+
+    trainer.add_callback(Snapshot())
+    steps = run_recorded(trainer)
+    controller = trainer._sam_controller
+    assert controller.overflow_steps == 1 and controller.decided_steps == 5
+    policy_before, gv_before, scale_before = states[2]
+    policy_at, gv_at, scale_at = states[3]
+    assert policy_at == policy_before  # mu, var untouched
+    assert gv_at is gv_before  # the cached LookSAM direction untouched (same tensor object)
+    assert scale_at == scale_before / 2  # the scaler saw the overflow
+    for name in steps[3]:
+        assert torch.equal(steps[3][name], steps[2][name]), f"step 4 moved {name}"
+    logs = sam_logs(trainer)
+    assert logs[3].get("sam/overflow_steps") == 1.0 and "sam/fraction" not in logs[3]
+    assert all(math.isfinite(v) for v in steps[-1]["net.0.weight"].flatten().tolist())
+
+
+def test_checkpoint_and_resume_continue_the_same_decisions(tmp_path):
+    common = dict(optim="aelooksam", max_steps=10, save_strategy="steps", save_steps=5, learning_rate=0.01)
+    full = get_trainer(tmp_path / "full", model=MLPRegressionModel(), **common)
+    full_steps = run_recorded(full)
+    checkpoint = tmp_path / "full" / "checkpoint-5"
+    assert (checkpoint / "sam_state.pt").is_file()
+
+    resumed = get_trainer(tmp_path / "resumed", model=MLPRegressionModel(seed=123), **common)
+    resumed_steps = run_recorded_resume(resumed, str(checkpoint))
+    tail = lambda tr: [(h["step"], h["sam/fraction"], h["sam/passes"]) for h in sam_logs(tr) if h["step"] > 5]  # noqa: E731
+    assert tail(resumed) == tail(full)
+    assert_steps_close(resumed_steps, full_steps[5:], atol=1e-6, rtol=1e-6)
+    c_full, c_res = full._sam_controller, resumed._sam_controller
+    assert (c_res.t, c_res.sam_steps, c_res.passes) == (c_full.t, c_full.sam_steps, c_full.passes)
+    assert c_res.policy.state_dict()["mu"] == pytest.approx(c_full.policy.state_dict()["mu"], rel=1e-6)
+
+
+def run_recorded_resume(trainer, checkpoint):
+    recorder = ParamRecorder()
+    trainer.add_callback(recorder)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return recorder.steps
+
+
+def test_mixin_works_with_another_trainer_subclass(tmp_path):
+    class CountingTrainer(Trainer):
+        losses = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            type(self).losses += 1
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    class SAMCountingTrainer(AESAMTrainerMixin, CountingTrainer):
+        pass
+
+    trainer = get_trainer(tmp_path, trainer_cls=SAMCountingTrainer, optim="sam", max_steps=3)
+    trainer.train()
+    assert SAMCountingTrainer.losses == 6
+
+
+def test_model_card_carries_the_tags(tmp_path):
+    trainer = get_trainer(tmp_path, model=tiny_bert(), train_dataset=TokenDataset(), optim="aelooksam", max_steps=2)
+    trainer.train()
+    trainer.create_model_card(model_name="tiny")
+    card = (tmp_path / "README.md").read_text()
+    assert "- aesam" in card and "- sam-policy-aelooksam" in card
+
+
+def test_trainer_rejects_wrong_args_and_unknown_length(tmp_path):
+    with pytest.raises(ValueError, match="AESAMConfig"):
+        AESAMTrainer(model=MLPRegressionModel(), args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"))
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from RegressionDataset(length=16, dim=4)
+
+    args = get_config(tmp_path, optim="aesam", max_steps=-1, num_train_epochs=1)
+    with pytest.raises(ValueError, match="max_steps"):
+        AESAMTrainer(model=MLPRegressionModel(), args=args, train_dataset=Stream())
