@@ -169,8 +169,30 @@ class AESAMConfig(TrainingArguments):
                 f"`sam_base_optim` ({base!r}) must be a stock optimizer, one of {list(STOCK_OPTIMIZERS)}."
             )
         reason = _incompatible_base_optimizer(base)
-        if reason is not None and self.sam_policy.value != SAMPolicyName.ERM.value:
-            raise ValueError(f"`sam_base_optim` ({base!r}) cannot be used with `optim` {self.optim!r}: {reason}.")
+        optim = getattr(self.optim, "value", self.optim)
+        # Under a policy name (even `erm`) the stock loop does not recognise these optimizers either: they are
+        # usable only as `optim` itself, which means plain ERM.
+        if reason is not None and optim in POLICY_NAMES:
+            raise ValueError(
+                f"`sam_base_optim` ({base!r}) cannot be used with `optim` {optim!r}: {reason}. For plain training "
+                f"with it, pass `optim={base!r}`."
+            )
+
+    def set_optimizer(self, name: str = "aesam", **kwargs) -> "AESAMConfig":
+        """`TrainingArguments.set_optimizer`, accepting a SAM policy name too (its base stays `sam_base_optim`).
+
+        A stock name means plain ERM with that optimizer, as in `optim`. Other keyword arguments are the stock ones
+        (`learning_rate`, `weight_decay`, `beta1`, `beta2`, `epsilon`, `args`).
+        """
+        name = getattr(name, "value", name)
+        if name not in POLICY_NAMES + STOCK_OPTIMIZERS:
+            raise ValueError(
+                f"`name` ({name!r}) must be a SAM policy, one of {list(POLICY_NAMES)}, or a stock optimizer."
+            )
+        base = name if name in STOCK_OPTIMIZERS else self.sam_base_optim
+        super().set_optimizer(name=base, **kwargs)
+        self.optim, self.sam_base_optim = name, base
+        return self
 
     @property
     def sam_policy(self) -> SAMPolicyName:

@@ -20,6 +20,7 @@ Use in a plain PyTorch loop::
 No `transformers` import.
 """
 
+import copy
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -102,6 +103,9 @@ class SAMController:
 
         # Per-step scratch, not checkpointed.
         self._w_saved: list[Tensor] | None = None
+        self._g_scratch: list[Tensor] | None = None  # LookSAM policies: g during a SAM step
+        self._policy_before: dict[str, Any] | None = None
+        self._grad_scale: float | None = None
         self._active: list[int] | None = None  # indices of the params perturbed in the current SAM step
         self._inv_scale = 1.0
         self.last: dict[str, Any] = {}
@@ -113,7 +117,8 @@ class SAMController:
 
         On a SAM step the weights are moved to w + e and their gradients cleared: run forward/backward again on the
         same batch, then call `restore()`. On other steps the gradients are left for the optimizer (with the LookSAM
-        component added for the LookSAM policies). `grad_scale` is the AMP loss scale the gradients carry, if any.
+        component added for the LookSAM policies). `grad_scale` is the AMP loss scale the gradients carry, if any
+        (fp16 with a GradScaler): then an inf/NaN gradient is an overflow step.
         """
         t = self.t
         self.t += 1
@@ -130,25 +135,32 @@ class SAMController:
             self.last["sam"] = False
             return False
 
-        if self.broadcast_grad_norm:
-            dist.broadcast(x, src=0)
-        x_host = x.item()
-        self.last["grad_norm_sq"] = x_host
-        if not math.isfinite(x_host):
-            # Overflow step (spec, "Rules"): no decision, statistics and g_v untouched, nothing perturbed. With a
-            # GradScaler the optimizer step is then skipped by the scaler itself.
-            self.overflow_steps += 1
-            self.last["overflow"] = True
-            return False
+        # x is read on the host only when something depends on it: the adaptive decision, or fp16 overflow
+        # detection. Other policies decide without it and the step keeps the GPU queue full.
+        x_host = None
+        if self.policy.uses_grad_norm or grad_scale is not None:
+            if self.broadcast_grad_norm:
+                # Decide from rank 0's value so that every rank takes the same decision, bit for bit.
+                dist.broadcast(x, src=0)
+            x_host = x.item()
+            self.last["grad_norm_sq"] = x_host
+            if not math.isfinite(x_host):
+                # Overflow step (spec, "Rules"): no decision, statistics and g_v untouched, nothing perturbed. With
+                # a GradScaler the optimizer step is then skipped by the scaler itself.
+                self.overflow_steps += 1
+                self.last["overflow"] = True
+                return False
 
-        is_sam = self.policy.decide(t, x_host if self.policy.uses_grad_norm else None)
+        # With fp16, the second pass can still overflow: keep what the decision changes, to undo it then.
+        self._policy_before = copy.deepcopy(self.policy.state_dict()) if grad_scale is not None else None
+        is_sam = self.policy.decide(t, x_host)
         self.decided_steps += 1
         self.last["sam"] = is_sam
         self.last.update(self.policy.stats())
         if not is_sam:
             if self.policy.reuses_direction and self.g_v is not None:
-                g_v = [self.g_v[i] for i in idx]
                 with torch.no_grad():
+                    g_v = [self.g_v[i] for i in idx]
                     apply_looksam_(grads, g_v, self.g_v_norm, self.looksam_alpha, x.sqrt() / inv_scale)
             return False
 
@@ -160,10 +172,11 @@ class SAMController:
         with torch.no_grad():
             torch._foreach_copy_([self._w_saved[i] for i in idx], params)
             if self.policy.reuses_direction:
-                if self.g_v is None:
-                    self.g_v = [torch.zeros_like(p) for p in self.params]
-                g_buf = [self.g_v[i] for i in idx]
-                torch._foreach_copy_(g_buf, grads)  # keep g (unscaled) for the projection after the second pass
+                # g goes to a scratch buffer, not into g_v: if the second pass overflows, g_v must survive.
+                if self._g_scratch is None:
+                    self._g_scratch = [torch.zeros_like(p) for p in self.params]
+                g_buf = [self._g_scratch[i] for i in idx]
+                torch._foreach_copy_(g_buf, grads)
                 if inv_scale != 1.0:
                     torch._foreach_mul_(g_buf, inv_scale)
             sam_perturbation_(params, grads, self.rho, self.adaptive, x, inv_scale)  # grads now hold e
@@ -172,29 +185,50 @@ class SAMController:
             p.grad = None
         self._active = idx
         self._inv_scale = inv_scale
+        self._grad_scale = grad_scale
         return True
 
     def restore(self) -> None:
         """Call after the second backward pass: restore w by copy and, for LookSAM policies, refresh g_v."""
+        idx = self._restore_weights()
+        sam_grads = [self.params[i].grad for i in idx]
+        if any(g is None for g in sam_grads):
+            raise RuntimeError(
+                "Some parameters got no gradient in the second SAM pass; it must run on the same batch."
+            )
+        if self._grad_scale is not None and not torch.isfinite(grad_norm_sq(sam_grads, self._inv_scale)).item():
+            # The second pass overflowed (fp16): the GradScaler skips the step, so it counts as an overflow step and
+            # the decision's effect on the policy statistics is undone; g_v was never touched.
+            self.policy.load_state_dict(self._policy_before)
+            self.sam_steps -= 1
+            self.decided_steps -= 1
+            self.overflow_steps += 1
+            self.last = {"grad_norm_sq": float("inf"), "overflow": True}
+            return
+        if self.policy.reuses_direction:
+            with torch.no_grad():
+                scratch = [self._g_scratch[i] for i in idx]
+                self.g_v_norm = looksam_direction_(scratch, sam_grads, self._inv_scale)
+            if self.g_v is not None and len(idx) < len(self.params):
+                # Parameters without a gradient this step keep their old direction.
+                missing = sorted(set(range(len(self.params))) - set(idx))
+                torch._foreach_copy_([self._g_scratch[i] for i in missing], [self.g_v[i] for i in missing])
+            # The scratch now holds g_v: swap the buffers instead of copying.
+            self.g_v, self._g_scratch = self._g_scratch, self.g_v
+
+    def abort(self) -> None:
+        """Restore w after a failed second pass (an exception), so that a retry starts from the right weights."""
+        if self._active is not None:
+            self._restore_weights()
+
+    def _restore_weights(self) -> list[int]:
         if self._active is None:
             raise RuntimeError("restore() called without a preceding maybe_perturb() that returned True.")
         idx, self._active = self._active, None
-        params = [self.params[i] for i in idx]
         with torch.no_grad():
             # Copy back, never subtract e: w + e - e is not w in floating point, and the error would accumulate.
-            torch._foreach_copy_(params, [self._w_saved[i] for i in idx])
-        if self.policy.reuses_direction:
-            missing = [self.params[i] for i in idx if self.params[i].grad is None]
-            if missing:
-                raise RuntimeError(f"{len(missing)} parameter(s) got no gradient in the second SAM pass.")
-            sam_grads = [self.params[i].grad for i in idx]
-            if torch.isfinite(grad_norm_sq(sam_grads, self._inv_scale)).item():
-                with torch.no_grad():
-                    self.g_v_norm = looksam_direction_([self.g_v[i] for i in idx], sam_grads, self._inv_scale)
-            else:
-                # The second pass overflowed (fp16; the scaler skips the step). The buffer already holds g instead
-                # of the old g_v, so the direction is dropped: non-SAM steps are plain ERM until the next SAM step.
-                self.g_v, self.g_v_norm = None, None
+            torch._foreach_copy_([self.params[i] for i in idx], [self._w_saved[i] for i in idx])
+        return idx
 
     # ---- checkpointing ----
 

@@ -12,6 +12,7 @@ what is in `.grad` when `training_step` returns on the last micro-batch.
 import contextlib
 import copy
 import functools
+import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -147,13 +148,18 @@ class AESAMTrainerMixin:
         grad_scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
         if controller.maybe_perturb(grad_scale=grad_scale):
             freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
-            with freeze:
-                for i, (mb_inputs, mb_items) in enumerate(micro_batches):
-                    # As in the stock loop: DDP all-reduces once, on the last micro-batch of the pass.
-                    last = i == len(micro_batches) - 1
-                    sync = contextlib.nullcontext if last else functools.partial(self.accelerator.no_sync, model=model)
-                    with sync():
-                        super().training_step(model, mb_inputs, mb_items)
+            try:
+                with freeze:
+                    for i, (mb_inputs, mb_items) in enumerate(micro_batches):
+                        # As in the stock loop: DDP all-reduces once, on the last micro-batch of the pass.
+                        last = i == len(micro_batches) - 1
+                        no_sync = functools.partial(self.accelerator.no_sync, model=model)
+                        with contextlib.nullcontext() if last else no_sync():
+                            super().training_step(model, mb_inputs, mb_items)
+            except BaseException:
+                # e.g. out of memory with `auto_find_batch_size`: the retry must start from w, not w + e.
+                controller.abort()
+                raise
             controller.restore()
         self._sam_record_step(controller)
         return loss
@@ -181,9 +187,13 @@ class AESAMTrainerMixin:
             if metrics["sam"]:
                 logs["sam/fraction"] = sum(metrics["sam"]) / len(metrics["sam"])
             if metrics["grad_norm_sq"]:
-                # Device tensors (ERM policy, which never syncs in the step) are read here, once per log.
+                # Device tensors (policies that need no host sync in the step) are read here, once per log. A
+                # non-finite value there is an fp16 overflow step that the step itself did not need to detect.
                 xs = [float(x) for x in metrics["grad_norm_sq"]]
-                logs["sam/grad_norm_sq"] = sum(xs) / len(xs)
+                finite = [x for x in xs if math.isfinite(x)]
+                metrics["overflow"] += [1.0] * (len(xs) - len(finite))
+                if finite:
+                    logs["sam/grad_norm_sq"] = sum(finite) / len(finite)
             for key in ("mu", "sigma", "threshold_c", "threshold"):
                 if metrics[key]:
                     logs[f"sam/{key}"] = sum(metrics[key]) / len(metrics[key])

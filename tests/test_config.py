@@ -91,3 +91,18 @@ def test_help_parses():
     assert out.returncode == 0, out.stderr
     for flag in ("--optim", "--sam_rho", "--aesam_delta", "--sam_interval", "--looksam_alpha", "step %% k"):
         assert flag.replace("%%", "%") in out.stdout
+
+
+def test_set_optimizer_accepts_policies_and_stock_names(tmp_path):
+    args = _config(tmp_path, optim="sam", sam_base_optim="sgd")
+    args.set_optimizer("aelooksam", learning_rate=1e-3)
+    assert (args.optim, args.sam_base_optim, args.learning_rate) == ("aelooksam", "sgd", 1e-3)
+    args.set_optimizer("adamw_torch")
+    assert (args.optim, args.sam_base_optim, args.sam_policy) == ("adamw_torch", "adamw_torch", SAMPolicyName.ERM)
+    with pytest.raises(ValueError, match="`name`"):
+        args.set_optimizer("nope")
+
+
+def test_lomo_only_as_a_stock_optim(tmp_path):
+    with pytest.raises(ValueError, match="optim='lomo'"):
+        _config(tmp_path, optim="erm", sam_base_optim="lomo")

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -16,12 +17,18 @@ sys.path.insert(0, str(SCRIPT.parent))
 from run_ddp_training import main as train_one_process  # noqa: E402
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.distributed
 @require_torchrun
 @pytest.mark.parametrize("optim, ga_steps", [("sam", 1), ("aesam", 1), ("aelooksam", 1), ("random", 1), ("aesam", 2)])
 def test_two_ranks_equal_one_rank(tmp_path, optim, ga_steps):
     per_device = 4 // ga_steps
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), str(SCRIPT),
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(SCRIPT),
            str(tmp_path / "ddp"), optim, str(per_device), str(ga_steps)]  # fmt: skip
     # Bounded in time: a rank that deadlocks (e.g. ranks disagreeing on a SAM step) fails the test.
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})

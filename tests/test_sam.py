@@ -216,3 +216,53 @@ def test_controller_rejects_bad_arguments():
         SAMController(model.parameters(), make_policy("looksam"), looksam_alpha=-1)
     with pytest.raises(ValueError, match="params"):
         SAMController([nn.Parameter(torch.zeros(2), requires_grad=False)], make_policy("sam"))
+
+
+def test_fp16_overflow_in_the_second_pass_is_an_overflow_step():
+    """g finite, g_s not: the scaler skips the step, so the decision is undone and g_v survives."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    # c_t = -5: every step is a SAM step, while mu and var still move.
+    policy = make_policy("aelooksam", total_steps=10, lambda1=-5.0, lambda2=-5.0)
+    sam = SAMController(model.parameters(), policy, rho=0.1)
+    x, y = torch.randn(8, 4), torch.randn(8)
+
+    def step(plant_second_pass: bool):
+        optimizer.zero_grad()
+        scaler.scale(_loss(model, x, y)).backward()
+        if sam.maybe_perturb(grad_scale=scaler.get_scale()):
+            scaler.scale(_loss(model, x, y)).backward()
+            if plant_second_pass:
+                next(model.parameters()).grad[0, 0] = float("inf")
+            sam.restore()
+        scaler.step(optimizer)
+        scaler.update()
+
+    step(plant_second_pass=False)  # a SAM step: g_v exists
+    g_v = [g.clone() for g in sam.g_v]
+    policy_state = dict(sam.policy.state_dict())
+    weights = [p.detach().clone() for p in model.parameters()]
+    step(plant_second_pass=True)
+    assert sam.last["overflow"] and sam.overflow_steps == 1
+    assert (sam.sam_steps, sam.decided_steps) == (1, 1)
+    assert (
+        sam.policy.state_dict()["mu"] == policy_state["mu"] and sam.policy.state_dict()["var"] == policy_state["var"]
+    )
+    for a, b in zip(sam.g_v, g_v):
+        assert torch.equal(a, b)
+    for p, w in zip(model.parameters(), weights):
+        assert torch.equal(p, w)
+    assert scaler.get_scale() == 2.0**9
+
+
+def test_abort_restores_the_weights_after_a_failed_second_pass():
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    sam = SAMController(model.parameters(), make_policy("sam"), rho=1.0)
+    _loss(model, torch.randn(8, 4), torch.randn(8)).backward()
+    assert sam.maybe_perturb()
+    sam.abort()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+    sam.abort()  # a second call is harmless
