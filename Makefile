@@ -1,6 +1,6 @@
 # Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
 # torch==2.13.0 goes in first: it is a local CPU build here, any other spec pulls a multi-GB CUDA build.
-.PHONY: install demo test test-fast quality style clean
+.PHONY: install data demo test test-fast quality style clean
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,7 +26,9 @@ $(FASHION_MNIST):
 		echo "Fashion-MNIST is missing: install Debian's dataset-fashion-mnist or pass --data_dir" >&2; exit 1; \
 	fi
 
-demo: install $(FASHION_MNIST)
+data: $(FASHION_MNIST)
+
+demo: install data
 	$(PY) examples/demo.py
 
 test: install
