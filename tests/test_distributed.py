@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from testing_utils import require_torchrun
 
 
 SCRIPT = pathlib.Path(__file__).parent / "distributed" / "run_ddp_training.py"
@@ -24,11 +23,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.distributed
-@require_torchrun
 @pytest.mark.parametrize("optim, ga_steps", [("sam", 1), ("aesam", 1), ("aelooksam", 1), ("random", 1), ("aesam", 2)])
 def test_two_ranks_equal_one_rank(tmp_path, optim, ga_steps):
     per_device = 4 // ga_steps
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(SCRIPT),
+    # `python -m torch.distributed.run` is torchrun, found without relying on the venv being on PATH.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(SCRIPT),
            str(tmp_path / "ddp"), optim, str(per_device), str(ga_steps)]  # fmt: skip
     # Bounded in time: a rank that deadlocks (e.g. ranks disagreeing on a SAM step) fails the test.
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})

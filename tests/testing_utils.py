@@ -2,7 +2,6 @@
 
 import importlib.util
 import os
-import shutil
 
 import pytest
 import torch
@@ -15,9 +14,6 @@ from aesam_hf import AESAMConfig, AESAMTrainer
 def require_module(name: str):
     """Skip a test when an optional module is not installed."""
     return pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"needs `{name}`")
-
-
-require_torchrun = pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs `torchrun` on PATH")
 
 
 class RegressionDataset(torch.utils.data.Dataset):
