@@ -21,12 +21,15 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
+from transformers.utils import logging
 
 from .config import AESAMConfig
 from .controller import SAMController
 from .policies import POLICIES, make_policy
 from .sam import frozen_running_stats
 
+
+logger = logging.get_logger(__name__)
 
 SAM_STATE_NAME = "sam_state.pt"
 _TAG = "aesam"
@@ -53,6 +56,9 @@ class AESAMTrainerMixin:
     _tag_names = [_TAG]
 
     def __init__(self, *args, **kwargs):
+        if len(args) < 2 and kwargs.get("args") is None:
+            # As the stock Trainer does with TrainingArguments: defaults, i.e. AE-SAM with AdamW.
+            kwargs["args"] = AESAMConfig(output_dir="trainer_output")
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, AESAMConfig):
             raise ValueError(
@@ -82,7 +88,11 @@ class AESAMTrainerMixin:
         self._sam_metrics: dict[str, list] = defaultdict(list)
         self.add_callback(_SAMTrainBeginCallback(self))
         if hasattr(self.model, "add_model_tags"):
-            self.model.add_model_tags(self._tag_names + [f"sam-policy-{self.args.sam_policy.value}"])
+            self.model.add_model_tags(self._sam_model_tags)
+
+    @property
+    def _sam_model_tags(self) -> list[str]:
+        return self._tag_names + [f"sam-policy-{self.args.sam_policy.value}"]
 
     # ---- optimizer: the stock one named by `sam_base_optim` ----
 
@@ -120,8 +130,12 @@ class AESAMTrainerMixin:
             self._sam_controller.load_state_dict(self._sam_resume_state)
             self._sam_resume_state = None
         if self._sam_controller.t != global_step:
-            # A checkpoint without SAM state (e.g. from the stock Trainer): keep the step index in line with the
-            # Trainer so that c_t and the periodic schedule are right; the statistics start afresh.
+            # A checkpoint without SAM state (the stock Trainer's, or `save_only_model`): keep the step index in line
+            # with the Trainer so that c_t and the periodic schedule are right; the statistics start afresh.
+            logger.warning(
+                f"Resuming at step {global_step} without {SAM_STATE_NAME} in the checkpoint: the SAM policy's "
+                "statistics and counters start afresh, so decisions differ from an uninterrupted run."
+            )
             self._sam_controller.t = global_step
         self._sam_micro_batches = []
         self._sam_metrics.clear()
@@ -225,7 +239,7 @@ class AESAMTrainerMixin:
 
     def create_model_card(self, *args, tags: str | list[str] | None = None, **kwargs) -> None:
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        for tag in self._tag_names + [f"sam-policy-{self.args.sam_policy.value}"]:
+        for tag in self._sam_model_tags:
             if tag not in tags:
                 tags.append(tag)
         super().create_model_card(*args, tags=tags, **kwargs)

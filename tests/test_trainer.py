@@ -350,3 +350,9 @@ def test_trainer_rejects_wrong_args_and_unknown_length(tmp_path):
     args = get_config(tmp_path, optim="aesam", max_steps=-1, num_train_epochs=1)
     with pytest.raises(ValueError, match="max_steps"):
         AESAMTrainer(model=MLPRegressionModel(), args=args, train_dataset=Stream())
+
+
+def test_default_args_are_aesam(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trainer = AESAMTrainer(model=MLPRegressionModel(), train_dataset=RegressionDataset(length=8, dim=4))
+    assert trainer.args.optim == "aesam" and trainer.args.sam_base_optim == "adamw_torch"
