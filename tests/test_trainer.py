@@ -356,3 +356,27 @@ def test_default_args_are_aesam(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trainer = AESAMTrainer(model=MLPRegressionModel(), train_dataset=RegressionDataset(length=8, dim=4))
     assert trainer.args.optim == "aesam" and trainer.args.sam_base_optim == "adamw_torch"
+
+
+def test_sam_metrics_reach_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = get_trainer(tmp_path, optim="aesam", max_steps=4, report_to="tensorboard")
+    trainer.train()
+    events = list(tmp_path.rglob("events.out.tfevents.*"))  # under output_dir/runs/
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for key in (
+        "sam/fraction",
+        "sam/fraction_total",
+        "sam/grad_norm_sq",
+        "sam/mu",
+        "sam/sigma",
+        "sam/threshold_c",
+        "sam/passes",
+    ):
+        assert f"train/{key}" in tags, (key, tags)
+    assert [e.value for e in acc.Scalars("train/sam/passes")][-1] == sam_logs(trainer)[-1]["sam/passes"]
