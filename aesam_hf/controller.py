@@ -105,9 +105,8 @@ class SAMController:
         self._w_saved: list[Tensor] | None = None
         self._g_scratch: list[Tensor] | None = None  # LookSAM policies: g during a SAM step
         self._policy_before: dict[str, Any] | None = None
-        self._grad_scale: float | None = None
+        self._grad_scale: float | None = None  # the loss scale of the current SAM step's gradients
         self._active: list[int] | None = None  # indices of the params perturbed in the current SAM step
-        self._inv_scale = 1.0
         self.last: dict[str, Any] = {}
 
     # ---- the step ----
@@ -184,19 +183,19 @@ class SAMController:
         for p in params:
             p.grad = None
         self._active = idx
-        self._inv_scale = inv_scale
         self._grad_scale = grad_scale
         return True
 
     def restore(self) -> None:
         """Call after the second backward pass: restore w by copy and, for LookSAM policies, refresh g_v."""
         idx = self._restore_weights()
+        inv_scale = 1.0 / self._grad_scale if self._grad_scale else 1.0
         sam_grads = [self.params[i].grad for i in idx]
         if any(g is None for g in sam_grads):
             raise RuntimeError(
                 "Some parameters got no gradient in the second SAM pass; it must run on the same batch."
             )
-        if self._grad_scale is not None and not torch.isfinite(grad_norm_sq(sam_grads, self._inv_scale)).item():
+        if self._grad_scale is not None and not torch.isfinite(grad_norm_sq(sam_grads, inv_scale)).item():
             # The second pass overflowed (fp16): the GradScaler skips the step, so it counts as an overflow step and
             # the decision's effect on the policy statistics is undone; g_v was never touched.
             self.policy.load_state_dict(self._policy_before)
@@ -208,7 +207,7 @@ class SAMController:
         if self.policy.reuses_direction:
             with torch.no_grad():
                 scratch = [self._g_scratch[i] for i in idx]
-                self.g_v_norm = looksam_direction_(scratch, sam_grads, self._inv_scale)
+                self.g_v_norm = looksam_direction_(scratch, sam_grads, inv_scale)
             if self.g_v is not None and len(idx) < len(self.params):
                 # Parameters without a gradient this step keep their old direction.
                 missing = sorted(set(range(len(self.params))) - set(idx))

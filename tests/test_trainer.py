@@ -41,10 +41,10 @@ def assert_steps_close(ours, reference, atol=1e-6, rtol=1e-6, exact=False):
                 )
 
 
-def run_recorded(trainer) -> list[dict[str, torch.Tensor]]:
+def run_recorded(trainer, resume_from_checkpoint: str | None = None) -> list[dict[str, torch.Tensor]]:
     recorder = ParamRecorder()
     trainer.add_callback(recorder)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return recorder.steps
 
 
@@ -248,11 +248,9 @@ class _PlantNonFinite(TrainerCallback):
     def __init__(self, param: nn.Parameter, at: int, value: float):
         self.at, self.value, self.active = at, value, False
         param.register_hook(lambda g: g.clone().fill_(self.value) if self.active else g)
-        self.snapshots = {}
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         self.active = state.global_step == self.at
-        self.trainer_state_before = None
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.active = False
@@ -299,20 +297,13 @@ def test_checkpoint_and_resume_continue_the_same_decisions(tmp_path):
     assert (checkpoint / "sam_state.pt").is_file()
 
     resumed = get_trainer(tmp_path / "resumed", model=MLPRegressionModel(seed=123), **common)
-    resumed_steps = run_recorded_resume(resumed, str(checkpoint))
+    resumed_steps = run_recorded(resumed, str(checkpoint))
     tail = lambda tr: [(h["step"], h["sam/fraction"], h["sam/passes"]) for h in sam_logs(tr) if h["step"] > 5]  # noqa: E731
     assert tail(resumed) == tail(full)
     assert_steps_close(resumed_steps, full_steps[5:], atol=1e-6, rtol=1e-6)
     c_full, c_res = full._sam_controller, resumed._sam_controller
     assert (c_res.t, c_res.sam_steps, c_res.passes) == (c_full.t, c_full.sam_steps, c_full.passes)
     assert c_res.policy.state_dict()["mu"] == pytest.approx(c_full.policy.state_dict()["mu"], rel=1e-6)
-
-
-def run_recorded_resume(trainer, checkpoint):
-    recorder = ParamRecorder()
-    trainer.add_callback(recorder)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    return recorder.steps
 
 
 def test_mixin_works_with_another_trainer_subclass(tmp_path):
