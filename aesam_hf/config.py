@@ -5,6 +5,7 @@ https://huggingface.co/papers/2304.14647.
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
@@ -32,6 +33,17 @@ def _incompatible_base_optimizer(name: str) -> str | None:
             "layer-wise optimizers step inside backward hooks, so the SAM pass at w + e would already move the weights"
         )
     return None
+
+
+# Policy hyper-parameter (as `make_policy` names it) -> the config field that sets it.
+POLICY_HPARAM_FIELDS: dict[str, str] = {
+    "seed": "seed",
+    "interval": "sam_interval",
+    "probability": "sam_probability",
+    "delta": "aesam_delta",
+    "lambda1": "aesam_lambda1",
+    "lambda2": "aesam_lambda2",
+}
 
 
 @dataclass
@@ -199,3 +211,8 @@ class AESAMConfig(TrainingArguments):
         """The policy `optim` selects: itself for a policy name, `erm` for a stock optimizer name."""
         optim = getattr(self.optim, "value", self.optim)
         return SAMPolicyName(optim) if optim in POLICY_NAMES else SAMPolicyName.ERM
+
+    @property
+    def sam_policy_kwargs(self) -> dict[str, Any]:
+        """The policy hyper-parameters this config holds, by the names `make_policy` takes (all but `total_steps`)."""
+        return {hparam: getattr(self, name) for hparam, name in POLICY_HPARAM_FIELDS.items()}

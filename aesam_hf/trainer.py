@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
-from .config import AESAMConfig
+from .config import POLICY_HPARAM_FIELDS, AESAMConfig
 from .controller import SAMController
 from .policies import POLICIES, make_policy
 from .sam import frozen_running_stats
@@ -108,16 +108,7 @@ class AESAMTrainerMixin:
 
     def _sam_begin_training(self, max_steps: int, global_step: int) -> None:
         args = self.args
-        policy = make_policy(
-            args.sam_policy,
-            total_steps=max_steps,
-            seed=args.seed,
-            interval=args.sam_interval,
-            probability=args.sam_probability,
-            delta=args.aesam_delta,
-            lambda1=args.aesam_lambda1,
-            lambda2=args.aesam_lambda2,
-        )
+        policy = make_policy(args.sam_policy, total_steps=max_steps, **args.sam_policy_kwargs)
         self._sam_controller = SAMController(
             self.model.parameters(),
             policy,
@@ -243,6 +234,47 @@ class AESAMTrainerMixin:
             if tag not in tags:
                 tags.append(tag)
         super().create_model_card(*args, tags=tags, **kwargs)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if not self.is_world_process_zero() or not os.path.isfile(path):
+            return
+        # The stock card names the optimizer only as `args.optim`; say what the policy did, and at what cost.
+        with open(path, encoding="utf-8") as f:
+            card = f.read()
+        section = self._sam_model_card_section()
+        anchor = "### Framework versions"
+        card = card.replace(anchor, f"{section}\n{anchor}", 1) if anchor in card else f"{card.rstrip()}\n\n{section}"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(card)
+
+    def _sam_model_card_section(self) -> str:
+        args = self.args
+        policy = args.sam_policy.value
+        lines = [
+            "### Sharpness-aware training",
+            "",
+            f"Trained with [aesam_hf](https://huggingface.co/papers/2304.14647) policy `{policy}` on top of the "
+            f"`{args.sam_base_optim}` optimizer.",
+            "",
+        ]
+        if POLICIES[args.sam_policy].can_sam:
+            lines.append(f"- SAM radius rho: {args.sam_rho:g}{' (ASAM, adaptive)' if args.sam_adaptive else ''}")
+            fields = [
+                POLICY_HPARAM_FIELDS[k] for k in POLICIES[args.sam_policy].hparams if k not in ("total_steps", "seed")
+            ]
+            if fields:
+                lines.append(f"- policy hyper-parameters: {', '.join(f'{f}={getattr(args, f):g}' for f in fields)}")
+        controller = self._sam_controller
+        if controller is not None and controller.t > 0:
+            steps = controller.decided_steps
+            lines += [
+                f"- SAM fraction: {controller.sam_fraction:.3f} (SAM on {controller.sam_steps} of {steps} optimizer "
+                f"steps)",
+                f"- forward/backward passes: {controller.passes} ({controller.passes / max(1, controller.t):.2f} per "
+                "step; plain training takes 1)",
+            ]
+            if controller.overflow_steps:
+                lines.append(f"- fp16 overflow steps skipped: {controller.overflow_steps}")
+        return "\n".join(lines) + "\n"
 
 
 class AESAMTrainer(AESAMTrainerMixin, Trainer):

