@@ -77,17 +77,19 @@ class Job:
         the tree is collected first, then every process in it is killed.
         """
         try:
-            tree = [psutil.Process(self.proc.pid)]
-            tree += tree[0].children(recursive=True)
+            ranks = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
+            ranks = []
+        self.proc.send_signal(signal.SIGKILL)
+        for p in ranks:
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(tree, timeout=30)
+        # The launcher is reaped by Popen (psutil reaping it first would leave Popen a returncode of 0), the ranks,
+        # which are not our children, by psutil.
         self.proc.wait(timeout=30)
+        psutil.wait_procs(ranks, timeout=30)
 
     def wait(self, timeout: float) -> JobResult:
         try:
