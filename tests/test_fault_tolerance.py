@@ -40,6 +40,8 @@ def test_killed_job_resumes_with_the_same_decisions_and_weights(tmp_path, optim)
     args = TRAIN_ARGS + ["--optim", optim, "--max_steps", "12", "--save_steps", "4"]
     killed = tmp_path / "killed"
     checkpoint = killed / "checkpoint-4"
+    # The uninterrupted run goes alongside: the other job spends most of its time stalled.
+    full = Job(torchrun_cmd(TRAIN, args + ["--output_dir", tmp_path / "full"]))
     # The job stalls right after checkpoint-4 (a test hook: a step takes milliseconds, too fast to kill mid-run).
     job = Job(torchrun_cmd(TRAIN, args + ["--output_dir", killed, "--test_stall_after_save_step", "4"]))
     job.wait_for(lambda: all((killed / f"saved-4-rank{r}").exists() for r in (0, 1)), timeout=120)
@@ -50,7 +52,7 @@ def test_killed_job_resumes_with_the_same_decisions_and_weights(tmp_path, optim)
 
     resumed = torchrun(TRAIN, args + ["--output_dir", tmp_path / "resumed", "--resume_from_checkpoint", checkpoint])
     assert resumed.returncode == 0, resumed.output[-3000:]
-    full = torchrun(TRAIN, args + ["--output_dir", tmp_path / "full"])
+    full = full.wait(timeout=120)
     assert full.returncode == 0, full.output[-3000:]
 
     resumed_ranks, full_ranks = _ranks(tmp_path / "resumed"), _ranks(tmp_path / "full")
