@@ -4,6 +4,7 @@ The policies and their hyper-parameters follow `../shared/spec/aesam.md`; AE-SAM
 https://huggingface.co/papers/2304.14647.
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +158,16 @@ class AESAMConfig(TrainingArguments):
                 f"`fsdp` ({self.fsdp!r}) is not supported by AESAMTrainer yet: the SAM step needs the full gradient "
                 "and weights on every rank. Use multi-process DDP (`accelerate launch` / `torchrun`) instead."
             )
+        # `accelerate launch` with an FSDP or DeepSpeed config asks for the backend through the environment, not
+        # through these fields. Refused here too, on every device: on GPUs Accelerate would shard, and on CPUs it
+        # silently falls back to DDP, so the run would not be what the config file says.
+        for variable, backend in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+            if os.environ.get(variable, "false").lower() == "true":
+                raise ValueError(
+                    f"`distributed_type: {backend}` in the accelerate config ({variable}=true) is not supported by "
+                    "AESAMTrainer yet: the SAM step needs the full gradient and weights on every rank. Launch with a "
+                    "DDP config instead (`distributed_type: MULTI_GPU`, e.g. configs/accelerate/multi_gpu.yaml)."
+                )
         self.optim = self.sam_base_optim
         super().__post_init__()
         self.optim = optim

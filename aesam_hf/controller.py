@@ -117,7 +117,9 @@ class SAMController:
         On a SAM step the weights are moved to w + e and their gradients cleared: run forward/backward again on the
         same batch, then call `restore()`. On other steps the gradients are left for the optimizer (with the LookSAM
         component added for the LookSAM policies). `grad_scale` is the AMP loss scale the gradients carry, if any
-        (fp16 with a GradScaler): then an inf/NaN gradient is an overflow step.
+        (fp16 with a GradScaler): then an inf/NaN gradient is an overflow step. Without one, an inf/NaN gradient
+        raises `FloatingPointError` when the policy reads x (`aesam`, `aelooksam`); the other policies keep x on the
+        device and leave the step to the optimizer, as plain training does.
         """
         t = self.t
         self.t += 1
@@ -143,6 +145,17 @@ class SAMController:
                 dist.broadcast(x, src=0)
             x_host = x.item()
             self.last["grad_norm_sq"] = x_host
+            if not math.isfinite(x_host) and grad_scale is None:
+                # fp32/bf16: no loss scaler will skip this step, so the optimizer would write NaN into the weights and
+                # every later step would be non-finite too. Stop here, on every rank at once (x is rank 0's value),
+                # rather than go on training garbage or let ranks disagree. The statistics are still untouched, so a
+                # checkpoint saved before this step resumes cleanly once the cause is fixed.
+                raise FloatingPointError(
+                    f"The gradient of optimizer step {t} is not finite (||g||² = {x_host}) and no loss scaler skips "
+                    f"the step, so the {self.policy.name.value!r} policy cannot decide and the optimizer would write "
+                    "inf/NaN into the weights. Look for the cause (too high a `learning_rate`, inf/NaN in the inputs "
+                    "or the loss) and resume from the last checkpoint; fp16 with a GradScaler skips such steps instead."
+                )
             if not math.isfinite(x_host):
                 # Overflow step (spec, "Rules"): no decision, statistics and g_v untouched, nothing perturbed. With
                 # a GradScaler the optimizer step is then skipped by the scaler itself.

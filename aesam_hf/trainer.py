@@ -18,6 +18,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
@@ -71,6 +72,16 @@ class AESAMTrainerMixin:
             raise ValueError(
                 f"{backend} is not supported by AESAMTrainer yet: the SAM step needs the full gradient and weights on "
                 "every rank. Use multi-process DDP (`accelerate launch` / `torchrun`) instead."
+            )
+        # A launcher (torchrun, `accelerate launch`) started several processes, but transformers set up none of them
+        # for data parallelism: without GPUs it joins the gloo group only with `use_cpu`. Each rank would then train
+        # its own copy on the full data and overwrite the others' checkpoints; the stock Trainer only warns.
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and self.args.world_size == 1:
+            raise ValueError(
+                f"`use_cpu` ({self.args.use_cpu}): {dist.get_world_size()} processes were launched, but the Trainer "
+                f"runs each one alone (`parallel_mode` {self.args.parallel_mode.value!r}), so every rank would train "
+                "its own copy. On a machine without GPUs pass `--use_cpu` (`use_cpu=True`) or set "
+                "ACCELERATE_USE_CPU=true, so that the ranks form one DDP group over gloo."
             )
         if (
             "total_steps" in POLICIES[self.args.sam_policy].hparams

@@ -61,6 +61,19 @@ def test_bad_values_raise_naming_the_argument_and_value(tmp_path, kwargs, argume
         assert str(shown) in str(err.value) or repr(shown) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "variable, backend", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")]
+)
+def test_sharding_backend_from_an_accelerate_config_is_refused(tmp_path, monkeypatch, variable, backend):
+    # `accelerate launch` with such a config sets only the environment, not `fsdp`/`deepspeed`.
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ValueError, match=f"`distributed_type: {backend}` in the accelerate config") as err:
+        _config(tmp_path)
+    assert "MULTI_GPU" in str(err.value)
+    monkeypatch.setenv(variable, "false")
+    _config(tmp_path)
+
+
 def test_unknown_optim_lists_the_allowed_names(tmp_path):
     with pytest.raises(ValueError, match="aelooksam") as err:
         _config(tmp_path, optim="adam_sam")

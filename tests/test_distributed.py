@@ -1,37 +1,40 @@
-"""2-process DDP (torchrun, gloo on CPU) against 1 process with the same effective batch."""
+"""Multi-process DDP (torchrun and `accelerate launch`, gloo on CPU): equivalence with 1 process, launch configs."""
 
-import os
 import pathlib
-import socket
-import subprocess
 import sys
 
 import pytest
 import torch
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
 
 
-SCRIPT = pathlib.Path(__file__).parent / "distributed" / "run_ddp_training.py"
-sys.path.insert(0, str(SCRIPT.parent))
+DISTRIBUTED = pathlib.Path(__file__).parent / "distributed"
+SCRIPT = DISTRIBUTED / "run_ddp_training.py"
+TRAIN = DISTRIBUTED / "train_regression.py"
+sys.path.insert(0, str(DISTRIBUTED))
 
+from launching import ACCELERATE_CONFIGS, MULTI_CPU_CONFIG, accelerate_launch, torchrun  # noqa: E402
 from run_ddp_training import main as train_one_process  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# train_regression.py flags shared by the tests: the tiny regression task, logged at every step.
+TRAIN_ARGS = ["--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1", "--seed", "42",
+              "--per_device_train_batch_size", "4", "--train_sampling_strategy", "sequential", "--learning_rate", "0.05",
+              "--lr_scheduler_type", "constant", "--sam_rho", "0.5", "--save_strategy", "no"]  # fmt: skip
+
+
+def _ranks(out_dir: pathlib.Path) -> list[dict]:
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("optim, ga_steps", [("sam", 1), ("aesam", 1), ("aelooksam", 1), ("random", 1), ("aesam", 2)])
 def test_two_ranks_equal_one_rank(tmp_path, optim, ga_steps):
     per_device = 4 // ga_steps
-    # `python -m torch.distributed.run` is torchrun, found without relying on the venv being on PATH.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(SCRIPT),
-           str(tmp_path / "ddp"), optim, str(per_device), str(ga_steps)]  # fmt: skip
     # Bounded in time: a rank that deadlocks (e.g. ranks disagreeing on a SAM step) fails the test.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = torchrun(SCRIPT, [tmp_path / "ddp", optim, per_device, ga_steps], timeout=240)
+    assert job.returncode == 0, job.output[-3000:]
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]  # two ranks really ran
     assert ranks[0]["decisions"] == ranks[1]["decisions"]
@@ -46,3 +49,90 @@ def test_two_ranks_equal_one_rank(tmp_path, optim, ga_steps):
         assert a == pytest.approx(b, rel=1e-5)
     for name, p in single["params"].items():
         torch.testing.assert_close(ranks[0]["params"][name], p, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("ga_steps", [1, 2])
+def test_a_sam_step_synchronises_gradients_once_per_pass(tmp_path, ga_steps):
+    """The perturbation reuses the all-reduced g; the second pass all-reduces once, on its last micro-batch.
+
+    `periodic` with k=2 alternates SAM and ERM steps; a DDP comm hook counts the all-reduce rounds of each step.
+    """
+    args = TRAIN_ARGS + ["--output_dir", tmp_path, "--optim", "periodic", "--sam_interval", "2", "--max_steps", "4",
+                         "--gradient_accumulation_steps", ga_steps, "--test_count_allreduce", "true"]  # fmt: skip
+    job = torchrun(TRAIN, args, timeout=120)
+    assert job.returncode == 0, job.output[-3000:]
+    for rank in _ranks(tmp_path):
+        assert [s["allreduce_rounds"] for s in rank["snapshots"]] == [2, 1, 2, 1], rank["rank"]
+        assert [log["sam/fraction"] for log in rank["logs"]] == [1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type, num_processes, mixed_precision, use_cpu",
+    [
+        ("single_cpu", DistributedType.NO, 1, "no", True),
+        ("multi_cpu", DistributedType.MULTI_GPU, 2, "no", True),
+        ("single_gpu", DistributedType.NO, 1, "bf16", False),
+        ("multi_gpu", DistributedType.MULTI_GPU, 8, "fp16", False),
+    ],
+)
+def test_accelerate_configs_load(name, distributed_type, num_processes, mixed_precision, use_cpu):
+    # Accelerate's own loader rejects unknown keys and bad values; the GPU configs cannot run here.
+    config = load_config_from_file(str(ACCELERATE_CONFIGS / f"{name}.yaml"))
+    assert config.distributed_type == distributed_type
+    assert (config.num_processes, config.mixed_precision, config.use_cpu) == (num_processes, mixed_precision, use_cpu)
+    assert not config.fsdp_config and not config.deepspeed_config
+
+
+@pytest.mark.distributed
+def test_accelerate_launch_starts_two_cpu_ranks(tmp_path):
+    args = TRAIN_ARGS + ["--output_dir", tmp_path, "--optim", "aesam", "--max_steps", "6"]
+    job = accelerate_launch(TRAIN, args, config_file=MULTI_CPU_CONFIG, timeout=120)
+    assert job.returncode == 0, job.output[-3000:]
+    ranks = _ranks(tmp_path)
+    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert ranks[0]["logs"] == ranks[1]["logs"] and len(ranks[0]["logs"]) == 6
+    for name, p in ranks[0]["params"].items():
+        assert torch.equal(p, ranks[1]["params"][name]), name
+
+
+@pytest.mark.distributed
+def test_accelerate_launch_on_cpu_without_use_cpu_is_refused(tmp_path):
+    # Without `--use_cpu`, transformers would run each of the two processes alone, each training its own copy.
+    args = [a for a in TRAIN_ARGS if a != "--use_cpu"] + ["--output_dir", tmp_path, "--max_steps", "2"]
+    job = accelerate_launch(TRAIN, args, config_file=MULTI_CPU_CONFIG, timeout=120)
+    assert job.returncode != 0
+    assert "`use_cpu` (False): 2 processes were launched" in job.output, job.output[-3000:]
+    assert not (tmp_path / "rank0.pt").exists()
+
+
+FSDP2_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: NO_WRAP
+  fsdp_reshard_after_forward: true
+  fsdp_state_dict_type: FULL_STATE_DICT
+machine_rank: 0
+main_training_function: main
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+rdzv_backend: static
+same_network: true
+use_cpu: true
+"""
+
+
+@pytest.mark.distributed
+def test_accelerate_launch_with_an_fsdp_config_is_refused(tmp_path):
+    # On CPUs Accelerate would silently run DDP instead; on GPUs it would shard. Both are refused, naming the fix.
+    config = tmp_path / "fsdp2.yaml"
+    config.write_text(FSDP2_CONFIG)
+    args = TRAIN_ARGS + ["--output_dir", tmp_path, "--max_steps", "2"]
+    job = accelerate_launch(TRAIN, args, config_file=config, timeout=120)
+    assert job.returncode != 0
+    assert "`distributed_type: FSDP` in the accelerate config" in job.output, job.output[-3000:]
+    assert "distributed_type: MULTI_GPU" in job.output
+    assert not (tmp_path / "rank0.pt").exists()

@@ -208,6 +208,28 @@ def test_grad_scaler_overflow_skips_the_step_and_leaves_the_policy_untouched(bad
     assert sam.policy.state_dict() != policy_state and sam.decided_steps == 2
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_gradient_without_a_scaler_raises_before_deciding(bad):
+    """fp32/bf16: nothing would skip the step, so the adaptive policy stops instead of training on NaN weights."""
+    model = _model()
+    sam = SAMController(model.parameters(), make_policy("aesam", total_steps=10))
+    x, y = torch.randn(8, 4), torch.randn(8)
+    _loss(model, x, y).backward()
+    assert sam.maybe_perturb()
+    _loss(model, x, y).backward()
+    sam.restore()
+    policy_state = dict(sam.policy.state_dict())
+    weights = [p.detach().clone() for p in model.parameters()]
+    model.zero_grad()
+    _loss(model, x, y).backward()
+    next(model.parameters()).grad[0, 0] = bad
+    with pytest.raises(FloatingPointError, match="step 1 is not finite"):
+        sam.maybe_perturb()
+    assert sam.policy.state_dict() == policy_state  # a checkpoint taken now is clean
+    for p, w in zip(model.parameters(), weights):
+        assert torch.equal(p, w)
+
+
 def test_controller_rejects_bad_arguments():
     model = _model()
     with pytest.raises(ValueError, match="`rho`"):
