@@ -80,7 +80,7 @@ def setup_logging(training_args: TrainingArguments) -> None:
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
     logger.warning(
-        f"Process rank: {training_args.process_index}, device: {training_args.device}, "
+        f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
         f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value == 'distributed'}, "
         f"mixed precision: {'bf16' if training_args.bf16 else 'fp16' if training_args.fp16 else 'no'}"
     )

@@ -33,6 +33,7 @@ import make_fortunes_dataset  # noqa: E402
 import run_glue  # noqa: E402
 import run_image_classification  # noqa: E402
 from common import parse_example_args, symmetric_label_noise  # noqa: E402
+from distributed.launching import MULTI_CPU_CONFIG, accelerate_launch  # noqa: E402
 from fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist, load_idx  # noqa: E402
 
 from aesam_hf import AESAMConfig  # noqa: E402
@@ -353,6 +354,39 @@ def test_help(script):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--optim" in out.stdout if script != "compare.py" else "--policies" in out.stdout
+
+
+# ---- under `accelerate launch`, 2 CPU processes ----
+
+
+def assert_two_ranks_ran(job, output_dir: pathlib.Path, steps: int) -> None:
+    assert job.returncode == 0, job.output[-4000:]
+    for rank in (0, 1):
+        assert f"Process rank: {rank} of 2" in job.output and "distributed training: True" in job.output
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == steps
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["sam/passes"] == steps + round(steps * results["sam/fraction_total"])
+
+
+@require_fortunes
+@pytest.mark.distributed
+def test_run_glue_under_accelerate_launch_two_cpu_processes(fortunes_csv, tiny_bert_dir, tmp_path):
+    args = glue_args(
+        tiny_bert_dir, fortunes_csv, tmp_path, "--optim", "aesam", "--max_steps", "4", "--use_cpu", "true"
+    )
+    job = accelerate_launch(EXAMPLES / "run_glue.py", args, config_file=MULTI_CPU_CONFIG, timeout=300)
+    assert_two_ranks_ran(job, tmp_path, steps=4)
+
+
+@require_fashion_mnist
+@pytest.mark.distributed
+def test_run_image_classification_under_accelerate_launch_two_cpu_processes(tmp_path):
+    config = EXAMPLES.parent / "configs" / "experiments" / "image_fashion_mnist_vit_aelooksam.json"
+    args = [config, "--max_train_samples", "256", "--max_eval_samples", "64", "--max_predict_samples", "64",
+            "--max_steps", "4", "--per_device_train_batch_size", "16", "--output_dir", tmp_path, "--use_cpu", "true",
+            *QUIET]  # fmt: skip
+    job = accelerate_launch(EXAMPLES / "run_image_classification.py", args, config_file=MULTI_CPU_CONFIG, timeout=300)
+    assert_two_ranks_ran(job, tmp_path, steps=4)
 
 
 # ---- configs and shared helpers ----

@@ -139,8 +139,12 @@ def test_a_rank_that_dies_ends_the_job_with_a_clear_message(tmp_path, how):
     assert job.returncode != 0
     # torchrun's report names the failed rank and its exit code (3 for the hard exit, 1 for the exception).
     assert "rank      : 1 (local_rank: 1)" in job.output, job.output[-3000:]
-    assert f"exitcode  : {3 if how == 'exit' else 1}" in job.output
-    if how == "raise":
+    if how == "exit":
+        assert "exitcode  : 3" in job.output
+    else:
         assert "RuntimeError: test hook: rank 1 fails at step 3" in job.output
+        # After the traceback, torch 2.13 + gloo sometimes aborts in interpreter teardown (the SIGABRT noted in
+        # run_ddp_training.py), so the report gives signal 6 instead of exit code 1; either way the job ends.
+        assert "exitcode  : 1" in job.output or "Signal 6 (SIGABRT)" in job.output, job.output[-3000:]
     assert elapsed < 60, elapsed
     assert not (tmp_path / "rank0.pt").exists()
