@@ -207,17 +207,25 @@ def plot(summary: list[dict], metric: str, baseline: str | None, trace: dict | N
     if trace:
         ax = axes[0, 1]
         steps, x, thr = trace["step"], trace["grad_norm_sq"], trace["threshold"]
-        ax.plot(steps, x, lw=0.8, color="C0", label=r"$\|g_t\|^2$ (stochastic gradient norm$^2$)")
-        ax.plot(steps, thr, lw=1.2, color="C3", label=r"threshold $\mu_t + c_t\,\sigma_t$")
+        # Late in training c_t < 0 can take the threshold to 0 or below (then every step is a SAM step); a log axis
+        # cannot show that, so the threshold is drawn at the floor of the plot there and the legend says so.
+        floor = 0.5 * min(v for v in x if v > 0)
+        shown = [max(v, floor) for v in thr]
+        clipped = any(v < floor for v in thr)
+        ax.plot(steps, x, lw=0.6, color="C0", alpha=0.8, label=r"$\|g_t\|^2$ (squared stochastic gradient norm)")
+        label = r"threshold $\mu_t + c_t\,\sigma_t$" + (" (at the floor when below it)" if clipped else "")
+        ax.plot(steps, shown, lw=1.4, color="C3", label=label, zorder=4)
         sam_steps = [(s, v) for s, v, d in zip(steps, x, trace["sam"], strict=True) if d >= 0.5]
         if sam_steps:
-            ax.scatter(*zip(*sam_steps, strict=True), s=6, color="C1", zorder=3, label=f"SAM step ({len(sam_steps)})")
+            ax.scatter(*zip(*sam_steps, strict=True), s=4, color="C1", alpha=0.7, zorder=3,
+                       label=f"SAM step ({len(sam_steps)} of {len(steps)})")  # fmt: skip
         ax.set_yscale("log")
+        ax.set_ylim(bottom=0.9 * floor)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(r"$\|g_t\|^2$ (log scale)")
-        ax.set_title(f"{trace['policy']} (seed {trace['seed']}): SAM when $\\|g_t\\|^2 \\geq$ threshold")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="upper right")
+        ax.set_title(f"{trace['policy']} (seed {trace['seed']}): a SAM step when $\\|g_t\\|^2 \\geq$ threshold")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
     fig.suptitle(textwrap.fill(title, width=150), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -259,7 +267,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         trace = decision_trace(output_dir / adaptive / f"seed{args.seeds[0]}")
         trace.update(policy=adaptive, seed=args.seeds[0])
     figure = output_dir / "compare.png"
-    title = f"{args.task}: {Path(args.config).name}" + (f" {shlex.join(extra)}" if extra else "")
+    title = f"{args.task} task, {Path(args.config).name} with --optim varied" + (
+        f", {shlex.join(extra)}" if extra else ""
+    )
     plot(summary, args.metric, args.baseline, trace, title, figure)
 
     print()
