@@ -52,8 +52,9 @@ data: $(FASHION_MNIST) $(FORTUNES_CSV) $(MINILM)
 demo: install data
 	$(PY) examples/compare.py --output_dir outputs/demo
 
-# With the data in place, the example tests run on it instead of being skipped.
-test: install data
+# With the data in place, the example tests run on it; where it cannot be installed (no apt-get) they are skipped.
+test: install
+	@$(MAKE) --no-print-directory data || echo "make data failed: the tests that need the data will be skipped" >&2
 	$(PY) -m pytest tests
 
 test-fast: install

@@ -215,6 +215,8 @@ class AESAMTrainerMixin:
                     logs[f"sam/{key}"] = sum(metrics[key]) / len(metrics[key])
             if metrics["overflow"]:
                 logs["sam/overflow_steps"] = float(len(metrics["overflow"]))
+            # On the final log, `logs` is the very dict `train()` returns as `TrainOutput.metrics`: the totals reach
+            # the example scripts' train_results.json / all_results.json from here.
             logs["sam/fraction_total"] = controller.sam_fraction
             logs["sam/passes"] = float(controller.passes)
             metrics.clear()
@@ -263,8 +265,8 @@ class AESAMTrainerMixin:
         lines = [
             "### Sharpness-aware training",
             "",
-            f"Trained with [aesam_hf](https://huggingface.co/papers/2304.14647) policy `{policy}` on top of the "
-            f"`{args.sam_base_optim}` optimizer.",
+            f"Trained with aesam_hf's `{policy}` policy ([AE-SAM paper](https://huggingface.co/papers/2304.14647)) "
+            f"on top of the `{args.sam_base_optim}` optimizer.",
             "",
         ]
         if POLICIES[args.sam_policy].can_sam:

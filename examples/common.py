@@ -115,14 +115,19 @@ def check_max_samples(name: str, value: int | None) -> None:
         raise ValueError(f"`{name}` ({value}) must be None or >= 1: it is the number of examples kept.")
 
 
+def check_label_noise(fraction: float) -> None:
+    """`label_noise` is the fraction of training labels flipped: at 1 no label would be right."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"`label_noise` ({fraction}) must be in [0, 1): it is the fraction of noisy labels.")
+
+
 def symmetric_label_noise(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
     """`labels` with `fraction` of them (rounded) replaced by a uniformly random *other* class.
 
     Symmetric label noise: noisy labels are where SAM-style methods earn their cost, so the examples can add them.
     Exactly `round(fraction * n)` labels change, so the noise level is what was asked, not a draw around it.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"`label_noise` ({fraction}) must be in [0, 1): it is the fraction of noisy labels.")
+    check_label_noise(fraction)
     if num_classes < 2 and fraction > 0:
         raise ValueError(f"`label_noise` ({fraction}) needs at least 2 classes, got {num_classes}.")
     labels = np.array(labels, dtype=np.int64, copy=True)

@@ -9,7 +9,8 @@ decisions over training (`sam/grad_norm_sq` against the threshold `mu + c_t * si
     python examples/compare.py                       # `make demo`: ViT on Fashion-MNIST, AdamW vs SAM vs AE-SAM
     python examples/compare.py --task glue --policies adamw_torch sam aesam aelooksam --seeds 1 2 3
     python examples/compare.py --policies adamw_torch aesam -- --label_noise 0.4 --max_steps 400
-    python examples/compare.py --launcher "accelerate launch --config_file configs/accelerate/multi_cpu.yaml"
+    python examples/compare.py --launcher "accelerate launch --config_file configs/accelerate/multi_cpu.yaml" \
+        -- --use_cpu true
 
 Flags after `--` go to every run of the example script, after the experiment config (so they override it).
 """
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,16 +91,26 @@ class CompareArguments:
 
 
 def run_one(args: CompareArguments, policy: str, seed: int, extra: list[str]) -> dict:
-    """Train and score one (policy, seed); returns its row. A finished run in place is reused unless `rerun`."""
+    """Train and score one (policy, seed); returns its row.
+
+    A run already in place is reused when it finished with the same command and experiment config (so an interrupted
+    comparison resumes), unless `rerun`.
+    """
     run_dir = Path(args.output_dir) / policy / f"seed{seed}"
     results_file = run_dir / "all_results.json"
-    if args.rerun or not results_file.is_file():
-        launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
-        # Every step is logged: the decision figure needs each step's |g|^2 and threshold, and the same logging cost
-        # falls on every policy. Checkpoints are off: they would time the disk, not the policy.
-        cmd = [*launcher, str(TASKS[args.task][0]), args.config, *extra, "--optim", policy, "--seed", str(seed),
-               "--output_dir", str(run_dir), "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip
-        run_dir.mkdir(parents=True, exist_ok=True)
+    launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
+    # Every step is logged: the decision figure needs each step's |g|^2 and threshold, and the same logging cost
+    # falls on every policy. Checkpoints are off: they would time the disk, not the policy.
+    cmd = [*launcher, str(TASKS[args.task][0]), args.config, *extra, "--optim", policy, "--seed", str(seed),
+           "--output_dir", str(run_dir), "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip
+    # A run is reused only if it finished with the same command and the same experiment config.
+    signature = {"cmd": cmd[len(launcher) :], "config": json.loads(Path(args.config).read_text(encoding="utf-8"))}
+    signature_file = run_dir / "compare_run.json"
+    done = results_file.is_file() and signature_file.is_file()
+    if args.rerun or not done or json.loads(signature_file.read_text(encoding="utf-8")) != signature:
+        # A clean folder: the Trainer merges metrics into an existing all_results.json and resumes old checkpoints.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
         with open(run_dir / "log.txt", "w", encoding="utf-8") as log:
             log.write(shlex.join(cmd) + "\n")
             log.flush()
@@ -108,9 +120,10 @@ def run_one(args: CompareArguments, policy: str, seed: int, extra: list[str]) ->
         if proc.returncode != 0:
             tail = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
             raise RuntimeError(f"{policy} (seed {seed}) failed with exit code {proc.returncode}; log:\n{tail}")
+        signature_file.write_text(json.dumps(signature, indent=1), encoding="utf-8")
     results = json.loads(results_file.read_text(encoding="utf-8"))
     if args.metric not in results:
-        raise KeyError(f"`metric` {args.metric!r} is not in {results_file} (keys: {sorted(results)}).")
+        raise ValueError(f"`metric` ({args.metric!r}) is not in {results_file}; it must be one of {sorted(results)}.")
     state = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))
     steps = state["global_step"]
     return {
@@ -160,7 +173,7 @@ def markdown_table(summary: list[dict], metric: str, baseline: str | None) -> st
 
     base = baseline or "ERM"
     lines = [
-        f"| policy | {metric} (%) | SAM fraction | passes | passes / {base} | train time (s) | time / {base} |",
+        f"| policy | {metric} (%) | SAM fraction | passes | passes / step | train time (s) | time / {base} |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
@@ -192,6 +205,7 @@ def plot(summary: list[dict], metric: str, baseline: str | None, trace: dict | N
     matplotlib.use("Agg")  # files only: no display here, or on a training node
     import matplotlib.pyplot as plt
 
+    trace = trace if trace and trace["step"] else None  # an adaptive run that logged no decision: one panel
     fig, axes = plt.subplots(1, 2 if trace else 1, figsize=(13 if trace else 6.5, 4.8), squeeze=False)
     ax = axes[0, 0]
     for i, s in enumerate(summary):

@@ -24,7 +24,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import symmetric_label_noise  # noqa: E402
+from common import check_label_noise, symmetric_label_noise  # noqa: E402
 
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -63,12 +63,9 @@ class FortunesArguments:
                 f"`validation_fraction` + `test_fraction` ({self.validation_fraction} + {self.test_fraction}) must "
                 "be < 1, to leave examples for training."
             )
-        if not 0.0 <= self.label_noise < 1.0:
-            raise ValueError(
-                f"`label_noise` ({self.label_noise}) must be in [0, 1): it is the fraction of noisy labels."
-            )
-        if len(set(self.topics)) < 2:
-            raise ValueError(f"`topics` ({self.topics}) must name at least 2 distinct topics: one class each.")
+        check_label_noise(self.label_noise)
+        if len(set(self.topics)) < 2 or len(set(self.topics)) != len(self.topics):
+            raise ValueError(f"`topics` ({self.topics}) must name at least 2 topics, each once: one class each.")
         if self.max_chars < 1:
             raise ValueError(f"`max_chars` ({self.max_chars}) must be >= 1.")
 

@@ -74,7 +74,7 @@ class DataTrainingArguments:
 
     task_name: str | None = field(
         default=None,
-        metadata={"help": "The GLUE task to train on, loaded from the Hub.", "choices": list(TASK_TO_KEYS)},
+        metadata={"help": f"The GLUE task to train on, loaded from the Hub: one of {', '.join(TASK_TO_KEYS)}."},
     )
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset to use instead of GLUE."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The configuration of `dataset_name`."})
@@ -104,6 +104,10 @@ class DataTrainingArguments:
     test_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of examples to predict."})
 
     def __post_init__(self):
+        if self.task_name is not None:
+            self.task_name = self.task_name.lower()  # `--task_name MRPC` works, as in transformers' run_glue
+            if self.task_name not in TASK_TO_KEYS:
+                raise ValueError(f"`task_name` ({self.task_name!r}) must be one of {list(TASK_TO_KEYS)}.")
         if self.task_name is None and self.dataset_name is None:
             if self.train_file is None or self.validation_file is None:
                 raise ValueError(
@@ -166,22 +170,35 @@ def sentence_keys(task_name: str | None, column_names: list[str]) -> tuple[str, 
         return "sentence1", "sentence2"
     others = [name for name in column_names if name != "label"]
     if not others:
-        raise ValueError(f"The data files have no text column besides `label` (columns: {column_names}).")
+        raise ValueError(
+            f"`train_file` has no text column besides `label` (columns: {column_names}); add a `sentence` column."
+        )
     return (others[0], others[1]) if len(others) >= 2 else (others[0], None)
 
 
-def label_mapping(model_config: PretrainedConfig, label_list: list) -> dict:
-    """Label -> id for file data; a pretrained classifier's own mapping wins when it has the same labels (run_glue)."""
+def label_mapping(model_config: PretrainedConfig, label_list: list, keys: list) -> dict:
+    """Raw label (`keys`: GLUE's ids, or a file's label values) -> the model's id.
+
+    As in transformers' run_glue, a pretrained classifier's own mapping wins when it has the same labels, compared
+    case-insensitively (e.g. an MNLI checkpoint whose labels are in another order than GLUE's); otherwise the labels
+    are numbered in order.
+    """
     model_mapping = model_config.label2id
     if model_mapping != PretrainedConfig(num_labels=len(label_list)).label2id:
         lowered = {str(k).lower(): int(v) for k, v in model_mapping.items()}
         if sorted(lowered) == sorted(str(label).lower() for label in label_list):
-            return {label: lowered[str(label).lower()] for label in label_list}
+            return {key: lowered[str(label).lower()] for key, label in zip(keys, label_list, strict=True)}
         logger.warning(
-            f"The model's labels {sorted(lowered)} do not match the dataset's {sorted(label_list)}; the model's "
-            "mapping is ignored."
+            f"The model's labels {sorted(lowered)} do not match the dataset's {sorted(map(str, label_list))}; the "
+            "model's mapping is ignored."
         )
-    return {label: i for i, label in enumerate(label_list)}
+    return {key: i for i, key in enumerate(keys)}
+
+
+def to_predictions(predictions, is_regression: bool) -> np.ndarray:
+    """Model outputs -> predicted values (regression) or class ids."""
+    predictions = predictions[0] if isinstance(predictions, tuple) else predictions
+    return np.squeeze(predictions) if is_regression else np.argmax(predictions, axis=1)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -228,14 +245,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     key1, key2 = sentence_keys(data_args.task_name, raw_datasets["train"].column_names)
-    # GLUE's labels are already ids (a ClassLabel); file labels are mapped to ids here.
-    label_to_id = None
+    label_to_id = None  # raw label -> model id; GLUE's raw labels are ClassLabel ids, a file's are its values
     if not is_regression:
-        if data_args.task_name is None:
-            label_to_id = label_mapping(model.config, label_list)
-        mapping = label_to_id or {label: i for i, label in enumerate(label_list)}
-        model.config.label2id = mapping
-        model.config.id2label = {i: label for label, i in mapping.items()}
+        keys = list(range(num_labels)) if data_args.task_name is not None else label_list
+        label_to_id = label_mapping(model.config, label_list, keys)
+        model.config.label2id = {str(label): label_to_id[key] for key, label in zip(keys, label_list, strict=True)}
+        model.config.id2label = {i: label for label, i in model.config.label2id.items()}
 
     if data_args.max_seq_length > tokenizer.model_max_length:
         logger.warning(
@@ -249,10 +264,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         texts = (examples[key1],) if key2 is None else (examples[key1], examples[key2])
         result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
         if "label" in examples:
-            # -1 marks an unlabelled example (GLUE's test splits); it stays -1.
-            to_id = label_to_id or {}
-            result["labels"] = [to_id.get(label, label) if label != -1 else -1 for label in examples["label"]]
+            result["labels"] = [to_label_id(label) for label in examples["label"]]
         return result
+
+    def to_label_id(label):
+        # -1 marks an unlabelled example (GLUE's test splits), as does an empty cell in a test CSV; both become -1.
+        # A test CSV read with string labels gives "-1" and "" for them.
+        if label is None or label in (-1, "-1", ""):
+            return -1
+        if label_to_id is None:
+            return label
+        if label not in label_to_id:
+            raise ValueError(
+                f"Label {label!r} is not among the training labels {sorted(map(str, label_to_id))}: every label of "
+                "`validation_file`/`test_file` must occur in `train_file`."
+            )
+        return label_to_id[label]
 
     with training_args.main_process_first(desc="dataset map pre-processing"):
         raw_datasets = raw_datasets.map(
@@ -267,7 +294,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     def select(split: str, max_samples: int | None):
         if split not in raw_datasets:
-            raise ValueError(f"The data have no {split!r} split, needed here (splits: {list(raw_datasets)}).")
+            flag = {"train": "do_train", "test": "do_predict"}.get(split.split("_")[0], "do_eval")
+            raise ValueError(
+                f"`{flag}` needs the {split!r} split, and the data have none (splits: {list(raw_datasets)})."
+            )
         dataset = raw_datasets[split]
         return dataset.select(range(min(max_samples, len(dataset)))) if max_samples is not None else dataset
 
@@ -275,10 +305,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_dataset = select("train", data_args.max_train_samples) if training_args.do_train else None
     eval_split = "validation_matched" if is_mnli else "validation"
     eval_dataset = select(eval_split, data_args.max_eval_samples) if training_args.do_eval else None
-    predict_dataset = None
-    if training_args.do_predict or data_args.test_file is not None:
-        if "test" in raw_datasets or "test_matched" in raw_datasets:
-            predict_dataset = select("test_matched" if is_mnli else "test", data_args.max_predict_samples)
+    predict_datasets = {}
+    if training_args.do_predict:
+        test_splits = {"mnli": "test_matched", "mnli-mm": "test_mismatched"} if is_mnli else {"test": "test"}
+        if not set(test_splits.values()) <= set(raw_datasets):
+            raise ValueError(
+                f"`do_predict` (True) needs a test split, and the data have none (splits: {list(raw_datasets)}): "
+                "pass `--test_file`, or leave out `--do_predict`."
+            )
+        predict_datasets = {name: select(split, data_args.max_predict_samples) for name, split in test_splits.items()}
     if train_dataset is not None:
         for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):
             logger.info(f"Sample {index} of the training set: {train_dataset[index]}.")
@@ -286,9 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metric = load_glue_metric(data_args.task_name, is_regression, cache_dir=model_args.cache_dir)
 
     def compute_metrics(p: EvalPrediction) -> dict[str, float]:
-        preds = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
-        preds = np.squeeze(preds) if is_regression else np.argmax(preds, axis=1)
-        result = metric(preds, p.label_ids)
+        result = metric(to_predictions(p.predictions, is_regression), p.label_ids)
         if len(result) > 1:
             result["combined_score"] = float(np.mean(list(result.values())))
         return result
@@ -323,35 +356,37 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if training_args.do_eval:
         logger.info("*** Evaluate ***")
-        tasks, eval_datasets = [data_args.task_name], [eval_dataset]
+        eval_datasets = {"": eval_dataset}
         if is_mnli:
-            tasks.append("mnli-mm")
-            eval_datasets.append(select("validation_mismatched", data_args.max_eval_samples))
-        for task, dataset in zip(tasks, eval_datasets, strict=True):
-            suffix = "_mm" if task == "mnli-mm" else ""
-            metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"eval{suffix}")
-            metrics[f"eval{suffix}_samples"] = len(dataset)
-            trainer.log_metrics(f"eval{suffix}", metrics)
-            trainer.save_metrics(f"eval{suffix}", metrics)
-            all_metrics.update(metrics)
+            eval_datasets["_mm"] = select("validation_mismatched", data_args.max_eval_samples)
+        combined: dict[str, float] = {}
+        for suffix, dataset in eval_datasets.items():
+            metrics = {**trainer.evaluate(eval_dataset=dataset), "eval_samples": len(dataset)}
+            # As in transformers' run_glue: MNLI-mismatched metrics get an `_mm` suffix, saved with the matched ones.
+            metrics = {f"{k}{suffix}": v for k, v in metrics.items()}
+            trainer.log_metrics("eval", metrics)
+            combined.update(metrics)
+        trainer.save_metrics("eval", combined)
+        all_metrics.update(combined)
 
-    if training_args.do_predict and predict_dataset is not None:
-        logger.info("*** Predict ***")
+    for name, predict_dataset in predict_datasets.items():
+        logger.info(f"*** Predict: {name} ***")
         labels = predict_dataset["labels"] if "labels" in predict_dataset.column_names else []
         labelled = len(labels) > 0 and all(label != -1 for label in labels)
         # GLUE's test labels are hidden (-1) and must not reach the loss; a labelled test file is scored as well.
         dataset = predict_dataset if labelled or not labels else predict_dataset.remove_columns("labels")
         output = trainer.predict(dataset, metric_key_prefix="test")
         if labelled:
-            metrics = {**output.metrics, "test_samples": len(dataset)}
+            suffix = "_mm" if name == "mnli-mm" else ""
+            metrics = {f"{k}{suffix}": v for k, v in {**output.metrics, "test_samples": len(dataset)}.items()}
             trainer.log_metrics("test", metrics)
             trainer.save_metrics("test", metrics)
             all_metrics.update(metrics)
-        predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        predictions = np.squeeze(predictions) if is_regression else np.argmax(predictions, axis=1)
+        predictions = to_predictions(output.predictions, is_regression)
         if trainer.is_world_process_zero():
-            name = data_args.task_name or "test"
-            path = os.path.join(training_args.output_dir, f"predict_results_{name}.txt")
+            path = os.path.join(training_args.output_dir, f"predict_results_{data_args.task_name or name}.txt")
+            if name == "mnli-mm":
+                path = os.path.join(training_args.output_dir, "predict_results_mnli-mm.txt")
             with open(path, "w", encoding="utf-8") as writer:
                 writer.write("index\tprediction\n")
                 for index, item in enumerate(predictions):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import DatasetDict, load_dataset
+from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -41,6 +41,7 @@ from transformers import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    check_label_noise,
     check_max_samples,
     detect_last_checkpoint,
     parse_example_args,
@@ -111,10 +112,7 @@ class DataTrainingArguments:
             )
         if not 0.0 < self.train_val_split < 1.0:
             raise ValueError(f"`train_val_split` ({self.train_val_split}) must be in (0, 1).")
-        if not 0.0 <= self.label_noise < 1.0:
-            raise ValueError(
-                f"`label_noise` ({self.label_noise}) must be in [0, 1): it is the fraction of noisy labels."
-            )
+        check_label_noise(self.label_noise)
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
             check_max_samples(name, getattr(self, name))
 
@@ -180,6 +178,9 @@ def load_images(data_args: DataTrainingArguments, model_args: ModelArguments, se
             raise ValueError(
                 f"`{name}` ({column!r}) is not a column of the training data (columns: {dataset['train'].column_names})."
             )
+    if not isinstance(dataset["train"].features[data_args.label_column_name], ClassLabel):
+        # Plain int or string labels: number the classes (sorted), as a ClassLabel would, on every split alike.
+        dataset = dataset.class_encode_column(data_args.label_column_name)
     if "validation" not in dataset:
         # Stratified, so a small validation split still has every class.
         split = dataset["train"].train_test_split(
@@ -197,16 +198,43 @@ def subsample(dataset, max_samples: int | None, seed: int):
 
 
 def to_uint8_array(image) -> np.ndarray:
-    """A PIL image or an array as uint8 (H, W) or (H, W, C); palette and other PIL modes become RGB first."""
-    if hasattr(image, "mode") and image.mode not in ("L", "RGB", "RGBA"):
-        image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
+    """A PIL image or an array as uint8 (H, W) or (H, W, C).
+
+    Palette and CMYK images become RGB; float arrays in [0, 1] are scaled to [0, 255]. 16-bit and float PIL images
+    have no fixed range, so they are refused rather than clipped.
+    """
+    if hasattr(image, "mode"):
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            raise ValueError(
+                f"Images of PIL mode {image.mode!r} (16-bit or float) have no fixed range: convert them to 8-bit "
+                "`L` or `RGB` first."
+            )
+        if image.mode not in ("L", "RGB", "RGBA"):
+            image = image.convert("RGB")
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating) and array.size and 0.0 <= array.min() and array.max() <= 1.0:
+        return np.round(array * 255.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer) and array.size and 0 <= array.min() and array.max() <= 255:
+        return array.astype(np.uint8)
+    raise ValueError(f"Image values of type {array.dtype} must be uint8, or floats in [0, 1].")
 
 
 def to_bchw_float(arrays: np.ndarray) -> torch.Tensor:
     """uint8 images stacked as (B, H, W) or (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(arrays)).float().div_(255.0)
     return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def adapt_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, C, H, W) images to the model's channels: alpha dropped, grey repeated for colour, colour averaged for grey."""
+    if x.shape[1] == 4:  # RGBA: the alpha channel carries no class information
+        x = x[:, :3]
+    if x.shape[1] != channels:
+        x = x if x.shape[1] == 1 else x.mean(1, keepdim=True)
+        x = x.expand(-1, channels, -1, -1)
+    return x
 
 
 def make_transform(
@@ -227,12 +255,7 @@ def make_transform(
     std_t = torch.tensor(std).view(1, -1, 1, 1)
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 4:  # RGBA: the alpha channel carries no class information
-            x = x[:, :3]
-        if x.shape[1] != channels:
-            # Grey images for a colour model are repeated; colour images for a grey model are averaged.
-            x = x if x.shape[1] == 1 else x.mean(1, keepdim=True)
-            x = x.expand(-1, channels, -1, -1)
+        x = adapt_channels(x, channels)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         if random_flip:
@@ -258,10 +281,11 @@ def image_statistics(dataset, image_column: str, channels: int, max_images: int 
     own: roughly zero-mean, unit-variance, whatever the dataset.
     """
     images = dataset.select(range(min(max_images, len(dataset))))[image_column]
-    pixels = torch.cat([to_bchw_float(to_uint8_array(image)[None]).flatten(2)[0] for image in images], dim=1)
+    # Through the same channel adaptation as the transform, so the statistics are those of what the model sees.
+    pixels = torch.cat(
+        [adapt_channels(to_bchw_float(to_uint8_array(image)[None]), channels)[0].flatten(1) for image in images], dim=1
+    )
     mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
-    if pixels.shape[0] != channels:  # grey data, colour model (or the reverse): one statistic for every channel
-        mean, std = mean.mean().expand(channels), std.mean().expand(channels)
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
 
 
@@ -326,11 +350,11 @@ def build_model_and_processor(model_args: ModelArguments, dataset: DatasetDict, 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AESAMConfig))
     model_args, data_args, training_args = parse_example_args(parser, argv)
+    setup_logging(training_args)
     if training_args.remove_unused_columns:
         # The transform reads the raw `image` column, which the Trainer would drop as unknown to the model.
         logger.info("Setting `remove_unused_columns=False`: the image transform needs the raw image column.")
         training_args.remove_unused_columns = False
-    setup_logging(training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
     last_checkpoint = detect_last_checkpoint(training_args)
     set_seed(training_args.seed)
@@ -357,8 +381,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             image_column,
             label_column,
             size,
-            list(processor.image_mean),
-            list(processor.image_std),
+            list(getattr(processor, "image_mean", None) or [0.5] * model.config.num_channels),
+            list(getattr(processor, "image_std", None) or [0.5] * model.config.num_channels),
             random_flip=train and data_args.random_flip,
         )
         for train in (True, False)

@@ -137,6 +137,8 @@ def test_run_glue_resumes_from_the_last_checkpoint(fortunes_csv, tiny_bert_dir, 
             glue_args(tiny_bert_dir, fortunes_csv, tmp_path, "--max_steps", "6", "--save_steps", "2")
         )
     assert "resuming training at" in caplog.text and "checkpoint-4" in caplog.text
+    # The Trainer itself resumed (not only our message): it restored the state of checkpoint-4 and skipped to step 4.
+    assert "Resuming training from checkpoint with epoch" in caplog.text and "global step 4" in caplog.text
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     # The SAM counters came back from the checkpoint: the totals cover all 6 steps, not the 2 run after resuming.
@@ -174,14 +176,112 @@ def test_run_glue_push_to_hub_uploads_model_and_card(fortunes_csv, tiny_bert_dir
     assert final["repo_id"] == "someone/minilm-fortunes-aesam"
     assert {"model.safetensors", "config.json", "tokenizer.json", "all_results.json"} <= set(final["files"])
     card = final["card"]
-    for line in ("- aesam", "- sam-policy-aesam", "policy `aesam`", "SAM radius rho: 0.05",
+    for line in ("- aesam", "- sam-policy-aesam", "`aesam` policy", "SAM radius rho: 0.05",
                  "aesam_delta=0.9", f"SAM fraction: {metrics['sam/fraction_total']:.3f}"):  # fmt: skip
         assert line in card, line
+
+
+def write_csv(path: pathlib.Path, rows: list[tuple]) -> pathlib.Path:
+    path.write_text("\n".join(",".join(map(str, row)) for row in rows) + "\n")
+    return path
+
+
+def test_run_glue_regression_csv_reports_mse_and_writes_values(tiny_bert_dir, tmp_path):
+    header = [("sentence", "label")]
+    train = write_csv(tmp_path / "train.csv", header + [(f"sentence number {i}", i / 10) for i in range(16)])
+    test = write_csv(tmp_path / "test.csv", header + [("another sentence", 0.5), ("and one more", 1.5)])
+    metrics = run_glue.main(
+        [
+            "--model_name_or_path",
+            str(tiny_bert_dir),
+            "--ignore_mismatched_sizes",
+            "--train_file",
+            str(train),
+            "--validation_file",
+            str(train),
+            "--test_file",
+            str(test),
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_seq_length",
+            "16",
+            "--output_dir",
+            str(tmp_path / "out"),
+            *QUIET,
+        ]  # fmt: skip
+    )
+    assert "eval_mse" in metrics and "test_mse" in metrics and "eval_accuracy" not in metrics
+    lines = (tmp_path / "out" / "predict_results_test.txt").read_text().splitlines()
+    assert len(lines) == 3 and re.fullmatch(r"1\t-?\d+\.\d{3}", lines[2])
+
+
+def test_run_glue_test_file_without_labels_is_predicted_not_scored(tiny_bert_dir, tmp_path):
+    rows = [("sentence", "label")] + [(f"good {i}", "pos") for i in range(8)] + [(f"bad {i}", "neg") for i in range(8)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    # GLUE's convention (-1) and an empty label column both mean "unknown".
+    for name, test_rows in {"minus_one": [("x", -1), ("y", -1)], "empty": [("x", ""), ("y", "")]}.items():
+        test = write_csv(tmp_path / f"{name}.csv", [("sentence", "label")] + test_rows)
+        out = tmp_path / name
+        metrics = run_glue.main(
+            [
+                "--model_name_or_path",
+                str(tiny_bert_dir),
+                "--ignore_mismatched_sizes",
+                "--train_file",
+                str(train),
+                "--validation_file",
+                str(train),
+                "--test_file",
+                str(test),
+                "--do_train",
+                "--do_predict",
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "8",
+                "--max_seq_length",
+                "16",
+                "--output_dir",
+                str(out),
+                *QUIET,
+            ]  # fmt: skip
+        )
+        assert not any(k.startswith("test_") for k in metrics), name
+        lines = (out / "predict_results_test.txt").read_text().splitlines()
+        assert [line.split("\t")[1] in ("pos", "neg") for line in lines[1:]] == [True, True], name
+
+
+def test_run_glue_label_missing_from_training_is_an_error(tiny_bert_dir, tmp_path):
+    train = write_csv(tmp_path / "train.csv", [("sentence", "label"), ("a", "pos"), ("b", "neg")])
+    validation = write_csv(tmp_path / "validation.csv", [("sentence", "label"), ("c", "neutral")])
+    with pytest.raises(ValueError, match="'neutral' is not among the training labels"):
+        run_glue.main(["--model_name_or_path", str(tiny_bert_dir), "--ignore_mismatched_sizes", "--train_file",
+                       str(train), "--validation_file", str(validation), "--do_eval", "--output_dir",
+                       str(tmp_path / "out"), *QUIET])  # fmt: skip
+
+
+def test_run_glue_keeps_a_pretrained_classifier_label_order(tmp_path):
+    """As transformers' run_glue: a checkpoint whose labels match (in another order) keeps its ids."""
+    from transformers import PretrainedConfig
+
+    config = PretrainedConfig(id2label={0: "POS", 1: "NEG"}, label2id={"POS": 0, "NEG": 1})
+    assert run_glue.label_mapping(config, ["neg", "pos"], ["neg", "pos"]) == {"neg": 1, "pos": 0}
+    # GLUE: raw labels are ClassLabel ids 0..K-1, mapped through the names.
+    assert run_glue.label_mapping(config, ["neg", "pos"], [0, 1]) == {0: 1, 1: 0}
+    fresh = PretrainedConfig(num_labels=2)
+    assert run_glue.label_mapping(fresh, ["neg", "pos"], ["neg", "pos"]) == {"neg": 0, "pos": 1}
 
 
 def test_run_glue_errors_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="--train_file"):
         run_glue.main(["--model_name_or_path", "x", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="task_name"):
+        run_glue.main(["--model_name_or_path", "x", "--task_name", "imdb", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="max_train_samples"):
         run_glue.main(["--model_name_or_path", "x", "--task_name", "sst2", "--max_train_samples", "0",
                        "--output_dir", str(tmp_path)])  # fmt: skip
@@ -320,6 +420,41 @@ def test_run_image_classification_fine_tunes_a_pretrained_vit_on_an_image_folder
     assert metrics["sam/passes"] == 6 and 0.0 <= metrics["eval_accuracy"] <= 1.0
     tuned = ViTForImageClassification.from_pretrained(tmp_path / "out")
     assert tuned.config.id2label == {0: "dark", 1: "light"}
+
+
+def test_run_image_classification_hub_dataset_with_int_labels(tmp_path, monkeypatch):
+    """A Hub-style dataset (here built in memory) with an `img` column and plain int labels, no validation split."""
+    from datasets import Dataset, DatasetDict
+
+    rng = np.random.default_rng(0)
+    labels = [3, 7] * 12
+    images = [np.clip(40 + 160 * (y == 7) + rng.normal(0, 20, (12, 12, 3)), 0, 255).astype(np.uint8) for y in labels]
+    fake_hub = DatasetDict({"train": Dataset.from_dict({"img": images, "label": labels})})
+    monkeypatch.setattr(run_image_classification, "load_dataset", lambda *args, **kwargs: fake_hub)
+    metrics = run_image_classification.main(
+        [
+            "--dataset_name",
+            "someone/colours",
+            "--image_column_name",
+            "img",
+            "--train_val_split",
+            "0.25",
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "6",
+            "--config_overrides",
+            "patch_size=4",
+            "--output_dir",
+            str(tmp_path),
+            *QUIET,
+        ]  # fmt: skip
+    )
+    assert metrics["train_samples"] == 18 and metrics["eval_samples"] == 6  # stratified 25% held out
+    model = ViTForImageClassification.from_pretrained(tmp_path)
+    assert model.config.id2label == {0: "3", 1: "7"} and model.config.num_channels == 3
 
 
 def test_image_transform_resizes_and_adapts_channels():

@@ -1,0 +1,116 @@
+"""Peak memory of a SAM step over an ERM step, against the bytes of the parameters.
+
+A SAM step keeps a copy of the weights while it evaluates the gradient at w + e (restoring by copy is exact, where
+subtracting e again is not), so it should need about one parameter-sized buffer more than ERM, plus the micro-batch
+inputs it keeps for the second pass; the LookSAM policies keep one more (the direction g_v). Target: SAM - ERM <=
+1.1 x parameter bytes + cached inputs.
+
+Each variant runs in a fresh process, so its peak is its own: the peak resident set size (`ru_maxrss`) on a CPU, or
+`torch.cuda.max_memory_allocated` when there is a GPU. The same run is repeated and the median taken.
+
+    python benchmarks/memory.py                 # MiniLM-L6 (90 MB of parameters) and the ViT, ~3 minutes
+"""
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workloads import environment, make_trainer, make_workload  # noqa: E402
+
+
+VARIANTS = ("erm", "sam", "aelooksam")
+
+
+@dataclass
+class MemoryArguments:
+    workloads: list[str] = field(default_factory=lambda: ["minilm", "vit"], metadata={"help": "minilm and/or vit."})
+    steps: int = field(default=6, metadata={"help": "Optimizer steps per run (the peak is reached in the first)."})
+    repeats: int = field(default=3, metadata={"help": "Runs per variant; the median peak is reported."})
+    output: str = field(default="outputs/bench/memory.json", metadata={"help": "Where the results JSON goes."})
+    smoke: bool = field(default=False, metadata={"help": "Tiny models: every code path in seconds."})
+    child: str | None = field(
+        default=None, metadata={"help": "Internal: run one `workload:variant` and print its peak."}
+    )
+
+
+def child(spec: str, steps: int, smoke: bool) -> None:
+    """One training run in this process; prints its peak memory in bytes and what it held."""
+    name, variant = spec.split(":")
+    workload = make_workload(name, steps, smoke=smoke)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, _ = make_trainer(workload, variant, steps, tmp)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    batch = torch.utils.data.default_collate([workload.dataset[i] for i in range(workload.batch_size)])
+    input_bytes = sum(t.numel() * t.element_size() for t in batch.values() if torch.is_tensor(t))
+    print(json.dumps({"peak_bytes": peak, "param_bytes": workload.param_bytes(), "input_bytes": input_bytes,
+                      "description": workload.description}))  # fmt: skip
+
+
+def run_child(spec: str, args: MemoryArguments) -> dict:
+    cmd = [sys.executable, __file__, "--child", spec, "--steps", str(args.steps)] + (["--smoke"] if args.smoke else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{spec} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(MemoryArguments).parse_args_into_dataclasses(args=argv)
+    if args.child:
+        child(args.child, args.steps, args.smoke)
+        return {}
+    results = {}
+    for name in args.workloads:
+        peaks = {v: [] for v in VARIANTS}
+        for _ in range(args.repeats):
+            for variant in VARIANTS:  # interleaved, as in step_cost.py
+                info = run_child(f"{name}:{variant}", args)
+                peaks[variant].append(info["peak_bytes"])
+        peak = {v: statistics.median(p) for v, p in peaks.items()}
+        budget = 1.1 * info["param_bytes"] + info["input_bytes"]
+        results[name] = {
+            "workload": info["description"],
+            "param_bytes": info["param_bytes"],
+            "input_bytes": info["input_bytes"],
+            "peak_bytes": peak,
+            "all_peaks": peaks,
+            "sam_minus_erm": peak["sam"] - peak["erm"],
+            "aelooksam_minus_erm": peak["aelooksam"] - peak["erm"],
+            "target": budget,
+            "measure": "cuda max_memory_allocated" if torch.cuda.is_available() else "peak RSS (ru_maxrss)",
+        }
+    lines = ["| workload | parameters (MB) | ERM peak (MB) | SAM − ERM (MB) | AE-LookSAM − ERM (MB) | target (MB) | met |",
+             "|---|---:|---:|---:|---:|---:|:---:|"]  # fmt: skip
+    for name, r in results.items():
+        mb = 2**20
+        met = "yes" if r["sam_minus_erm"] <= r["target"] else "**no**"
+        lines.append(f"| {name} | {r['param_bytes'] / mb:.1f} | {r['peak_bytes']['erm'] / mb:.0f} | "
+                     f"{r['sam_minus_erm'] / mb:.1f} | {r['aelooksam_minus_erm'] / mb:.1f} | {r['target'] / mb:.1f} | {met} |")  # fmt: skip
+    print("\n".join(lines))
+    payload = {"command": "python benchmarks/memory.py " + " ".join(argv or sys.argv[1:]),
+               "arguments": asdict(args), "environment": environment(), "results": results, "table": "\n".join(lines)}  # fmt: skip
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""What a SAM step, the ERM policy, gradient accumulation and a whole AE-SAM run cost, as ratios to ERM in one run.
+
+Questions, per workload (`workloads.py`: the small ViT on Fashion-MNIST, MiniLM-L6 on fortunes):
+
+1. SAM step / ERM step. The floor is 2.0 if a step were only its forward/backward pass; a real step also loads data
+   and runs AdamW, once per step either way, so the ratio sits below 2. It is also given against the ideal, ERM step
+   + one more forward/backward pass (`sam / (erm + pass)`, 1.0 = no overhead beyond the extra pass). Target <= 2.02.
+2. The `erm` policy through `AESAMTrainer` / the stock `Trainer` with the same optimizer: the policy's own overhead.
+   Target <= 1.01.
+3. A whole `aesam` run / an ERM run, against 1 + f (f = the run's measured SAM fraction). Target <= 1.02 (1 + f).
+4. Gradient accumulation: SAM with 4 micro-batches per step against 1, at the same effective batch (and ERM's, for
+   the part that is gradient accumulation's own cost).
+
+Every variant is a fresh `trainer.train()` from the same weights on the same batches. Variants are interleaved: each
+round runs all of them once, in a rotated order, so that drift in machine speed hits them alike. A step's time is
+its median over all rounds (warm-up steps dropped); the spread is the range of the per-round ratios.
+
+    python benchmarks/step_cost.py                      # both workloads, ~10 minutes on 2 cores
+    python benchmarks/step_cost.py --workloads vit --rounds 3
+"""
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workloads import environment, make_trainer, make_workload, median  # noqa: E402
+
+
+# (steps per run, warm-up steps dropped, rounds, steps of a whole run) per workload: a MiniLM step takes ~20x a ViT's.
+BUDGET = {"vit": (40, 5, 5, 300), "minilm": (14, 3, 3, 40)}
+SMOKE_BUDGET = (6, 2, 2, 6)
+STEP_VARIANTS = {
+    # name: (optim, stock Trainer, gradient accumulation)
+    "stock": ("adamw_torch", True, 1),
+    "erm": ("erm", False, 1),
+    "sam": ("sam", False, 1),
+    "erm_ga4": ("erm", False, 4),
+    "sam_ga4": ("sam", False, 4),
+}
+
+
+@dataclass
+class StepCostArguments:
+    workloads: list[str] = field(default_factory=lambda: ["vit", "minilm"], metadata={"help": "vit and/or minilm."})
+    rounds: int | None = field(default=None, metadata={"help": "Rounds of interleaved runs (default per workload)."})
+    output: str = field(default="outputs/bench/step_cost.json", metadata={"help": "Where the results JSON goes."})
+    smoke: bool = field(default=False, metadata={"help": "Tiny models and runs: every code path in seconds."})
+
+    def __post_init__(self):
+        unknown = set(self.workloads) - set(BUDGET)
+        if unknown:
+            raise ValueError(f"`workloads` ({self.workloads}) must be among {sorted(BUDGET)}.")
+        if self.rounds is not None and self.rounds < 1:
+            raise ValueError(f"`rounds` ({self.rounds}) must be >= 1.")
+
+
+def pass_time(workload, repeats: int) -> float:
+    """Median time of one forward/backward pass over a batch, alone: the cost a SAM step adds, ideally."""
+    model = workload.make_model().train()
+    batch = torch.utils.data.default_collate([workload.dataset[i] for i in range(workload.batch_size)])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return median(times[2:])
+
+
+def ratio_stats(per_round: dict[str, list[float]], num: str, den: str) -> dict[str, float]:
+    ratios = [a / b for a, b in zip(per_round[num], per_round[den], strict=True)]
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)}
+
+
+def measure(name: str, args: StepCostArguments) -> dict:
+    steps, warmup, rounds, run_steps = SMOKE_BUDGET if args.smoke else BUDGET[name]
+    rounds = args.rounds or rounds
+    workload = make_workload(name, max(steps, run_steps), smoke=args.smoke)
+    print(f"== {name}: {workload.description}; {rounds} rounds of {steps}-step runs", flush=True)
+    times = {v: [] for v in STEP_VARIANTS}
+    per_round = {v: [] for v in STEP_VARIANTS}
+    whole = {"erm": [], "aesam": []}
+    fractions = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            order = list(STEP_VARIANTS)[r % len(STEP_VARIANTS) :] + list(STEP_VARIANTS)[: r % len(STEP_VARIANTS)]
+            for variant in order:
+                optim, stock, ga = STEP_VARIANTS[variant]
+                trainer, timer = make_trainer(workload, optim, steps, tmp, stock=stock, ga=ga)
+                trainer.train()
+                times[variant] += timer.times[warmup:]
+                per_round[variant].append(median(timer.times[warmup:]))
+            # Question 3: whole runs, every step counted (a run's cost is all of it).
+            for variant in ("erm", "aesam") if r % 2 == 0 else ("aesam", "erm"):
+                trainer, timer = make_trainer(workload, variant, run_steps, tmp)
+                trainer.train()
+                whole[variant].append(sum(timer.times))
+                if variant == "aesam":
+                    fractions.append(trainer._sam_controller.sam_fraction)
+            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{v} {1e3 * per_round[v][-1]:.1f} ms" for v in order),
+                  flush=True)  # fmt: skip
+    step = {v: median(t) for v, t in times.items()}
+    one_pass = pass_time(workload, repeats=max(8, steps))
+    f = float(np.mean(fractions))
+    run_ratios = [a / e for a, e in zip(whole["aesam"], whole["erm"], strict=True)]
+    return {
+        "workload": workload.description,
+        "param_bytes": workload.param_bytes(),
+        "rounds": rounds,
+        "steps_per_run": steps,
+        "warmup_dropped": warmup,
+        "run_steps": run_steps,
+        "step_ms": {v: 1e3 * t for v, t in step.items()},
+        "pass_ms": 1e3 * one_pass,
+        "sam_over_erm": ratio_stats(per_round, "sam", "erm"),
+        "sam_over_erm_plus_pass": step["sam"] / (step["erm"] + one_pass),
+        "erm_over_stock": ratio_stats(per_round, "erm", "stock"),
+        "sam_ga4_over_sam": ratio_stats(per_round, "sam_ga4", "sam"),
+        "erm_ga4_over_erm": ratio_stats(per_round, "erm_ga4", "erm"),
+        "aesam_run_over_erm_run": {
+            "median": float(np.median(run_ratios)),
+            "min": min(run_ratios),
+            "max": max(run_ratios),
+        },  # fmt: skip
+        "aesam_sam_fraction": f,
+        "aesam_run_target": 1.02 * (1 + f),
+    }
+
+
+def table(results: dict[str, dict]) -> str:
+    """One row per question and workload: measured, target, met."""
+
+    def spread(r):
+        return f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})"
+
+    lines = ["| workload | question | measured (range over rounds) | target | met |", "|---|---|---:|---:|:---:|"]
+    for name, r in results.items():
+        rows = [
+            ("SAM step / ERM step", spread(r["sam_over_erm"]), r["sam_over_erm"]["median"], 2.02),
+            ("SAM step / (ERM step + 1 forward/backward)", f"{r['sam_over_erm_plus_pass']:.3f}", None, None),
+            ("`erm` policy step / stock Trainer step", spread(r["erm_over_stock"]), r["erm_over_stock"]["median"], 1.01),
+            (f"`aesam` run / ERM run (f = {r['aesam_sam_fraction']:.2f})", spread(r["aesam_run_over_erm_run"]),
+             r["aesam_run_over_erm_run"]["median"], r["aesam_run_target"]),
+            ("SAM step, GA 4 / GA 1 (same effective batch)", spread(r["sam_ga4_over_sam"]), None, None),
+            ("ERM step, GA 4 / GA 1 (for reference)", spread(r["erm_ga4_over_erm"]), None, None),
+        ]  # fmt: skip
+        for question, measured, value, target in rows:
+            met = "–" if target is None else ("yes" if value <= target else "**no**")
+            lines.append(
+                f"| {name} | {question} | {measured} | {'–' if target is None else f'{target:.3f}'} | {met} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(StepCostArguments).parse_args_into_dataclasses(args=argv)
+    results = {name: measure(name, args) for name in args.workloads}
+    for name, r in results.items():
+        print(f"{name}: step medians (ms) " + ", ".join(f"{v} {t:.1f}" for v, t in r["step_ms"].items())
+              + f", one forward/backward {r['pass_ms']:.1f}")  # fmt: skip
+    print(table(results))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"command": "python benchmarks/step_cost.py " + " ".join(argv or sys.argv[1:]),
+               "arguments": asdict(args), "environment": environment(), "results": results}  # fmt: skip
+    out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    print(f"Written to {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

