@@ -1,6 +1,6 @@
 # Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
 # torch==2.13.0 goes in first: it is a local CPU build here, any other spec pulls a multi-GB CUDA build.
-.PHONY: install data demo test test-fast quality style clean
+.PHONY: install data demo test test-fast bench quality style clean
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 FORTUNES := /usr/share/games/fortunes
 FORTUNES_CSV := data/fortunes/train.csv
 MINILM := data/models/all-MiniLM-L6-v2
-CHECK_DIRS := aesam_hf tests examples
+CHECK_DIRS := aesam_hf tests examples benchmarks
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,14 +48,23 @@ $(MINILM): $(STAMP)
 
 data: $(FASHION_MNIST) $(FORTUNES_CSV) $(MINILM)
 
-# The main job on built-in defaults: ViT on Fashion-MNIST with AdamW, SAM and AE-SAM (examples/compare.py).
+# The main job on built-in defaults, offline (HF_HUB_OFFLINE: nothing is fetched, metrics are computed locally): ViT on Fashion-MNIST with AdamW, SAM and AE-SAM (examples/compare.py).
 demo: install data
-	$(PY) examples/compare.py --output_dir outputs/demo
+	HF_HUB_OFFLINE=1 $(PY) examples/compare.py --output_dir outputs/demo
 
 # With the data in place, the example tests run on it; where it cannot be installed (no apt-get) they are skipped.
 test: install
 	@$(MAKE) --no-print-directory data || echo "make data failed: the tests that need the data will be skipped" >&2
 	$(PY) -m pytest tests
+
+# The measured cost and accuracy of the policies (docs/benchmarks.md): about 2 hours on 2 CPU cores. Results are
+# kept in outputs/bench, and finished runs are reused, so an interrupted `make bench` resumes.
+bench: export HF_HUB_OFFLINE = 1
+bench: install data
+	$(PY) benchmarks/step_cost.py --output outputs/bench/step_cost.json
+	$(PY) benchmarks/memory.py --output outputs/bench/memory.json
+	$(PY) benchmarks/accuracy.py --output_dir outputs/bench/accuracy
+	$(PY) benchmarks/report.py --results_dir outputs/bench --docs_dir docs
 
 test-fast: install
 	$(PY) -m pytest tests -m "not slow and not distributed"

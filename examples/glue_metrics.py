@@ -6,6 +6,7 @@ correlation, Pearson and Spearman correlations), so a run reports identical metr
 """
 
 import logging
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +28,9 @@ GLUE_TASK_METRICS: dict[str, tuple[str, ...]] = {
     "stsb": ("pearson", "spearmanr"),
     "wnli": ("accuracy",),
 }
+
+# Set either to 1 and the metrics are computed locally without trying the Hub.
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE")
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
@@ -66,10 +70,20 @@ def load_glue_metric(task_name: str | None, is_regression: bool = False, cache_d
     """A `metric(predictions, references) -> dict` for the task: `evaluate`'s when it loads, else the fallback.
 
     Never raises for lack of the Hub: the reason `evaluate` could not load is logged once, then the same metrics are
-    computed locally.
+    computed locally. With `HF_HUB_OFFLINE=1` (or `HF_EVALUATE_OFFLINE=1`) `evaluate` is not tried at all.
     """
     names = _metric_names(task_name, is_regression)  # validates task_name before anything is fetched
     path, config = ("glue", task_name) if task_name is not None else ("mse" if is_regression else "accuracy", None)
+
+    def fallback(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+        return compute_glue_metrics(task_name, predictions, references, is_regression)
+
+    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in _OFFLINE_VARIABLES):
+        # Declared offline: importing `evaluate` alone takes seconds, and it would only fail to fetch the script.
+        logger.info(
+            f"Offline ({' or '.join(_OFFLINE_VARIABLES)}): computing {', '.join(names)} with scikit-learn/scipy."
+        )
+        return fallback
     try:
         import evaluate
 
@@ -79,7 +93,7 @@ def load_glue_metric(task_name: str | None, is_regression: bool = False, cache_d
             f"`evaluate` could not load the {path!r} metric ({type(err).__name__}: {str(err)[:200]}); computing "
             f"{', '.join(names)} with scikit-learn/scipy instead."
         )
-        return lambda predictions, references: compute_glue_metrics(task_name, predictions, references, is_regression)
+        return fallback
 
     def compute(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
         return {k: float(v) for k, v in metric.compute(predictions=predictions, references=references).items()}

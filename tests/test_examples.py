@@ -304,6 +304,8 @@ def test_glue_metrics_fall_back_to_sklearn_offline(monkeypatch, caplog):
         raise ConnectionError("no route to huggingface.co")
 
     monkeypatch.setattr(evaluate, "load", offline)
+    for variable in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE"):  # not declared offline: evaluate is tried, and fails
+        monkeypatch.delenv(variable, raising=False)
     preds, labels = np.array([1, 0, 1, 1, 0, 1]), np.array([1, 0, 0, 1, 1, 1])
     with caplog.at_level(logging.WARNING):
         mrpc = glue_metrics.load_glue_metric("mrpc")(preds, labels)
@@ -330,7 +332,12 @@ def test_glue_metrics_use_evaluate_when_it_loads(monkeypatch):
 
     calls = []
     monkeypatch.setattr(evaluate, "load", lambda *args, **kwargs: calls.append(args) or Loaded())
+    for variable in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
     assert glue_metrics.load_glue_metric("sst2")(np.array([1]), np.array([1])) == {"accuracy": 0.5}
+    assert calls == [("glue", "sst2")]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # declared offline: not even tried
+    assert glue_metrics.load_glue_metric("sst2")(np.array([1]), np.array([0])) == {"accuracy": 0.0}
     assert calls == [("glue", "sst2")]
     with pytest.raises(ValueError, match="task_name"):
         glue_metrics.load_glue_metric("imdb")
