@@ -59,6 +59,12 @@ def test_memory_reports_peaks_against_parameter_bytes(results):
         assert r["param_bytes"] > 0 and r["input_bytes"] > 0
         assert all(p > 0 for p in r["peak_bytes"].values())
         assert r["sam_minus_erm"] == r["peak_bytes"]["sam"] - r["peak_bytes"]["erm"]
+        # Counted tensor by tensor: ERM holds nothing, SAM the saved weights, AE-LookSAM also g_v (and a scratch).
+        assert r["held_bytes"]["erm"] == 0 and r["held_bytes"]["sam"] == r["param_bytes"]
+        assert r["held_bytes"]["aelooksam"] in (
+            2 * r["param_bytes"],
+            3 * r["param_bytes"],
+        )  # scratch: from 2nd SAM step
     assert "| minilm |" in payload["table"]
 
 
