@@ -64,6 +64,7 @@ bench: install data
 	$(PY) benchmarks/step_cost.py --output outputs/bench/step_cost.json
 	$(PY) benchmarks/memory.py --output outputs/bench/memory.json
 	$(PY) benchmarks/accuracy.py --output_dir outputs/bench/accuracy
+	$(PY) benchmarks/looksam_alpha.py --output_dir outputs/bench/looksam_alpha
 	$(PY) benchmarks/report.py --results_dir outputs/bench --docs_dir docs
 
 test-fast: install

@@ -24,6 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,8 +33,10 @@ from transformers import HfArgumentParser
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare  # noqa: E402
+from workloads import environment  # noqa: E402
 
 
 @dataclass
@@ -144,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(StudyArguments).parse_args_into_dataclasses(args=argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    study = {"arguments": asdict(args), "settings": {}}
+    start = time.perf_counter()
+    study = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+             "arguments": asdict(args), "environment": environment(), "settings": {}}  # fmt: skip
     rhos = {}
     for setting in settings(args, output_dir):
         print(f"== {setting.name}: {', '.join(setting.policies)}; seeds {args.seeds}", flush=True)
@@ -163,7 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
             "trace_run": str(output_dir / setting.name / "aesam" / f"seed{args.seeds[0]}"),
         }
         print(compare.markdown_table(summary, "test_accuracy", "adamw_torch"), flush=True)
-        # Written after every setting, so a long study can be reported on before it ends.
+        # Written after every setting, so a long study can be reported on before it ends. Its wall time counts only
+        # the runs made by this invocation (reused runs cost nothing); each run's own time is in its row.
+        study["wall_time_s"] = time.perf_counter() - start
         (output_dir / "accuracy.json").write_text(json.dumps(study, indent=1), encoding="utf-8")
     return study
 

@@ -33,7 +33,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workloads import environment, make_trainer, make_workload, median  # noqa: E402
+from workloads import environment, make_trainer, make_workload, median, synchronize  # noqa: E402
 
 
 # (steps per run, warm-up steps dropped, rounds, steps of a whole run) per workload: a MiniLM step takes ~20x a ViT's.
@@ -66,12 +66,15 @@ class StepCostArguments:
 
 def pass_time(workload, repeats: int) -> float:
     """Median time of one forward/backward pass over a batch, alone: the cost a SAM step adds, ideally."""
-    model = workload.make_model().train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the Trainer trains
+    model = workload.make_model().to(device).train()
     batch = torch.utils.data.default_collate([workload.dataset[i] for i in range(workload.batch_size)])
+    batch = {k: v.to(device) for k, v in batch.items()}
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         model(**batch).loss.backward()
+        synchronize()
         times.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
     return median(times[2:])
@@ -91,6 +94,7 @@ def measure(name: str, args: StepCostArguments) -> dict:
     per_round = {v: [] for v in STEP_VARIANTS}
     whole = {"erm": [], "aesam": []}
     fractions = []
+    ran = {}  # what each variant really did, from its trainer: pinned by the smoke test
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             order = list(STEP_VARIANTS)[r % len(STEP_VARIANTS) :] + list(STEP_VARIANTS)[: r % len(STEP_VARIANTS)]
@@ -98,6 +102,13 @@ def measure(name: str, args: StepCostArguments) -> dict:
                 optim, stock, ga = STEP_VARIANTS[variant]
                 trainer, timer = make_trainer(workload, optim, steps, tmp, stock=stock, ga=ga)
                 trainer.train()
+                controller = getattr(trainer, "_sam_controller", None)
+                ran[variant] = {
+                    "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+                    "steps": trainer.state.global_step,
+                    "sam_steps": controller.sam_steps if controller is not None else 0,
+                    "aesam_trainer": controller is not None,
+                }
                 times[variant] += timer.times[warmup:]
                 per_round[variant].append(median(timer.times[warmup:]))
             # Question 3: whole runs, every step counted (a run's cost is all of it).
@@ -133,12 +144,17 @@ def measure(name: str, args: StepCostArguments) -> dict:
             "max": max(run_ratios),
         },  # fmt: skip
         "aesam_sam_fraction": f,
+        "variants_ran": ran,
         "aesam_run_target": 1.02 * (1 + f),
     }
 
 
 def table(results: dict[str, dict]) -> str:
-    """One row per question and workload: measured, target, met."""
+    """One row per question and workload: measured, target, met.
+
+    "yes" when every round met the target; "median only" when the median did but the range over rounds crosses it
+    (the difference is within the machine's noise); "no" when the median missed it.
+    """
 
     def spread(r):
         return f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})"
@@ -146,16 +162,19 @@ def table(results: dict[str, dict]) -> str:
     lines = ["| workload | question | measured (range over rounds) | target | met |", "|---|---|---:|---:|:---:|"]
     for name, r in results.items():
         rows = [
-            ("SAM step / ERM step", spread(r["sam_over_erm"]), r["sam_over_erm"]["median"], 2.02),
+            ("SAM step / ERM step", spread(r["sam_over_erm"]), r["sam_over_erm"], 2.02),
             ("SAM step / (ERM step + 1 forward/backward)", f"{r['sam_over_erm_plus_pass']:.3f}", None, None),
-            ("`erm` policy step / stock Trainer step", spread(r["erm_over_stock"]), r["erm_over_stock"]["median"], 1.01),
+            ("`erm` policy step / stock Trainer step", spread(r["erm_over_stock"]), r["erm_over_stock"], 1.01),
             (f"`aesam` run / ERM run (f = {r['aesam_sam_fraction']:.2f})", spread(r["aesam_run_over_erm_run"]),
-             r["aesam_run_over_erm_run"]["median"], r["aesam_run_target"]),
+             r["aesam_run_over_erm_run"], r["aesam_run_target"]),
             ("SAM step, GA 4 / GA 1 (same effective batch)", spread(r["sam_ga4_over_sam"]), None, None),
             ("ERM step, GA 4 / GA 1 (for reference)", spread(r["erm_ga4_over_erm"]), None, None),
         ]  # fmt: skip
-        for question, measured, value, target in rows:
-            met = "–" if target is None else ("yes" if value <= target else "**no**")
+        for question, measured, stats, target in rows:
+            if target is None:
+                met = "–"
+            else:
+                met = "yes" if stats["max"] <= target else ("median only" if stats["median"] <= target else "**no**")
             lines.append(
                 f"| {name} | {question} | {measured} | {'–' if target is None else f'{target:.3f}'} | {met} |"
             )
@@ -164,6 +183,7 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(StepCostArguments).parse_args_into_dataclasses(args=argv)
+    start = time.perf_counter()
     results = {name: measure(name, args) for name in args.workloads}
     for name, r in results.items():
         print(f"{name}: step medians (ms) " + ", ".join(f"{v} {t:.1f}" for v, t in r["step_ms"].items())
@@ -172,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"command": "python benchmarks/step_cost.py " + " ".join(argv or sys.argv[1:]),
-               "arguments": asdict(args), "environment": environment(), "results": results}  # fmt: skip
+               "arguments": asdict(args), "environment": environment(), "results": results,
+               "wall_time_s": time.perf_counter() - start}  # fmt: skip
     out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     print(f"Written to {out}")
     return payload

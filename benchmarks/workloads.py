@@ -41,6 +41,12 @@ import aesam_hf  # noqa: E402
 from aesam_hf import AESAMConfig, AESAMTrainer  # noqa: E402
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it (a no-op on the CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class StepTimer(TrainerCallback):
     """Wall time of every optimizer step: from one `on_step_end` to the next (the first from `on_train_begin`)."""
 
@@ -52,6 +58,7 @@ class StepTimer(TrainerCallback):
         self._last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        synchronize()  # on a GPU, the step's kernels may still be queued
         now = time.perf_counter()
         self.times.append(now - self._last)
         self._last = now

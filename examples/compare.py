@@ -16,6 +16,8 @@ Flags after `--` go to every run of the example script, after the experiment con
 """
 
 import csv
+import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -44,6 +46,19 @@ TASKS = {
     "glue": (EXAMPLES / "run_glue.py", REPO / "configs/experiments/glue_fortunes_minilm_aesam.json"),
 }
 ADAPTIVE = {SAMPolicyName.AESAM.value, SAMPolicyName.AELOOKSAM.value}
+# The code a run's numbers depend on besides its command and config: the library and the example scripts (not this
+# runner, which only launches them), and the versions of the packages they train with.
+RUN_CODE = ("aesam_hf/*.py", "examples/run_*.py", "examples/common.py", "examples/glue_metrics.py",
+            "examples/fashion_mnist.py", "examples/make_fortunes_dataset.py")  # fmt: skip
+RUN_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
+
+
+def code_fingerprint() -> dict[str, str]:
+    """A hash of the code that trains and the package versions: a finished run is reused only if both are unchanged."""
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in RUN_CODE for p in REPO.glob(pattern)):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"code_sha256": digest.hexdigest(), **{name: importlib.metadata.version(name) for name in RUN_PACKAGES}}
 
 
 @dataclass
@@ -93,8 +108,8 @@ class CompareArguments:
 def run_one(args: CompareArguments, policy: str, seed: int, extra: list[str]) -> dict:
     """Train and score one (policy, seed); returns its row.
 
-    A run already in place is reused when it finished with the same command and experiment config (so an interrupted
-    comparison resumes), unless `rerun`.
+    A run already in place is reused when it finished with the same command, experiment config and code (so an
+    interrupted comparison resumes, and a changed library or example script reruns), unless `rerun`.
     """
     run_dir = Path(args.output_dir) / policy / f"seed{seed}"
     results_file = run_dir / "all_results.json"
@@ -103,8 +118,9 @@ def run_one(args: CompareArguments, policy: str, seed: int, extra: list[str]) ->
     # falls on every policy. Checkpoints are off: they would time the disk, not the policy.
     cmd = [*launcher, str(TASKS[args.task][0]), args.config, *extra, "--optim", policy, "--seed", str(seed),
            "--output_dir", str(run_dir), "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip
-    # A run is reused only if it finished with the same command and the same experiment config.
-    signature = {"cmd": cmd[len(launcher) :], "config": json.loads(Path(args.config).read_text(encoding="utf-8"))}
+    # A run is reused only if it finished with the same command, the same experiment config and the same code.
+    config = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    signature = {"cmd": cmd[len(launcher) :], "config": config, "code": code_fingerprint()}
     signature_file = run_dir / "compare_run.json"
     done = results_file.is_file() and signature_file.is_file()
     if args.rerun or not done or json.loads(signature_file.read_text(encoding="utf-8")) != signature:

@@ -633,3 +633,30 @@ def test_compare_writes_table_and_figure(tmp_path):
     assert len(trace["step"]) == 6  # every step's |g|^2 and threshold were logged
     # The trace is the rule itself: SAM exactly when |g|^2 >= threshold.
     assert [x >= c for x, c in zip(trace["grad_norm_sq"], trace["threshold"])] == [d == 1.0 for d in trace["sam"]]
+
+
+def test_compare_reuses_a_finished_run_only_if_command_config_and_code_are_unchanged(tmp_path, monkeypatch):
+    """An interrupted comparison resumes, but never from a run made with other flags, config or code."""
+    launches = []
+
+    def fake_run(cmd, **kwargs):  # stands in for the example script: writes what a finished run leaves
+        run_dir = pathlib.Path(cmd[cmd.index("--output_dir") + 1])
+        launches.append(cmd)
+        (run_dir / "all_results.json").write_text(json.dumps(
+            {"test_accuracy": 0.5, "sam/fraction_total": 0.0, "sam/passes": 4.0, "train_runtime": 1.0}))  # fmt: skip
+        (run_dir / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    args = compare.CompareArguments(output_dir=str(tmp_path))
+    row = compare.run_one(args, "adamw_torch", 1, ["--max_steps", "4"])
+    assert row["passes_per_step"] == 1.0 and len(launches) == 1
+    compare.run_one(args, "adamw_torch", 1, ["--max_steps", "4"])
+    assert len(launches) == 1  # same command, config and code: reused
+    compare.run_one(args, "adamw_torch", 1, ["--max_steps", "5"])
+    assert len(launches) == 2  # other flags: run again
+    fingerprint = compare.code_fingerprint()
+    assert set(fingerprint) == {"code_sha256", *compare.RUN_PACKAGES}
+    monkeypatch.setattr(compare, "code_fingerprint", lambda: {**fingerprint, "code_sha256": "changed"})
+    compare.run_one(args, "adamw_torch", 1, ["--max_steps", "5"])
+    assert len(launches) == 3  # the library or an example script changed: run again
