@@ -49,7 +49,10 @@ def accuracy_figure(study: dict, path: Path) -> None:
         for i, s in enumerate(setting["summary"]):
             (x, xerr), (y, yerr) = s["passes_per_step"], s["test_accuracy"]
             ax.errorbar(x, 100 * y, xerr=xerr, yerr=100 * yerr, fmt="o", ms=7, capsize=4, color=f"C{i}")
-            ax.annotate(s["policy"], (x, 100 * y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            # Above and below in turn, so that policies at the same cost (aesam, random) do not overprint.
+            ax.annotate(
+                s["policy"], (x, 100 * y), textcoords="offset points", xytext=(6, 4 if i % 2 else -12), fontsize=8
+            )
         task = "ViT on Fashion-MNIST" if setting["task"] == "image" else "MiniLM-L6 on fortunes topics"
         ax.set_title(f"{task}, {round(100 * setting['noise'])}% label noise (rho {setting['rho']:g})", fontsize=10)
         ax.set_xlabel("forward/backward passes per step (AdamW = 1)")

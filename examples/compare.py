@@ -227,7 +227,8 @@ def plot(summary: list[dict], metric: str, baseline: str | None, trace: dict | N
     for i, s in enumerate(summary):
         (x, xerr), (y, yerr) = s["passes_per_step"], s[metric]
         ax.errorbar(x, 100 * y, xerr=xerr, yerr=100 * yerr, fmt="o", ms=8, capsize=4, color=f"C{i}")
-        ax.annotate(s["policy"], (x, 100 * y), textcoords="offset points", xytext=(7, 5), fontsize=9)
+        # Alternate above and below the point: policies at the same cost (aesam and random) must not overprint.
+        ax.annotate(s["policy"], (x, 100 * y), textcoords="offset points", xytext=(7, 5 if i % 2 else -13), fontsize=9)
     seeds = max(s["seeds"] for s in summary)
     ax.set_xlabel(f"cost: forward/backward passes per step ({baseline or 'ERM'} = 1)")
     ax.set_ylabel(f"{metric} (%)")
