@@ -35,6 +35,8 @@ import compare  # noqa: E402
 from accuracy import QUIET, SMOKE_EXTRA  # noqa: E402
 from workloads import environment  # noqa: E402
 
+from aesam_hf.sam import grad_norm_sq  # noqa: E402
+
 
 RATIOS_FILE = "looksam_ratios.json"
 
@@ -54,7 +56,8 @@ class LookSAMAlphaArguments:
 
 
 def global_norm(tensors) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32)))
+    """||.|| over all tensors, computed as the library computes ||g|| (one global norm, in float32)."""
+    return grad_norm_sq(list(tensors)).sqrt()
 
 
 def record_ratios(out: list[dict]):
