@@ -1,12 +1,13 @@
 """aesam_hf: Adaptive Sharpness-Aware Minimization (AE-SAM, Jiang et al., ICLR 2023) for the Hugging Face Trainer.
 
-Paper: https://huggingface.co/papers/2304.14647. The algorithms follow `../shared/spec/aesam.md`.
+Paper: https://huggingface.co/papers/2304.14647. The algorithms: `docs/algorithm.md`; the modules: `docs/architecture.md`.
 """
 
 __version__ = "0.1.0.dev0"
 
-from .config import AESAMConfig
-from .controller import SAMController
+from .config import AESAMConfig, split_optim
+from .controller import SAMController, StepRecord
+from .hparams import DEFAULTS
 from .policies import (
     POLICIES,
     AdaptivePolicy,
@@ -20,7 +21,7 @@ from .policies import (
     SAMPolicyName,
     make_policy,
 )
-from .sam import frozen_running_stats, grad_norm_sq
+from .sam import LookSAMGeometry, frozen_running_stats, grad_norm_sq
 from .trainer import SAM_STATE_NAME, AESAMTrainer, AESAMTrainerMixin
 
 
@@ -31,6 +32,10 @@ __all__ = [
     "AESAMTrainerMixin",
     "SAM_STATE_NAME",
     "SAMController",
+    "StepRecord",
+    "LookSAMGeometry",
+    "DEFAULTS",
+    "split_optim",
     "POLICIES",
     "SAMPolicy",
     "SAMPolicyName",

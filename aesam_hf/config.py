@@ -1,28 +1,42 @@
 """`AESAMConfig`: `transformers.TrainingArguments` extended with the SAM policies of aesam_hf.
 
-The policies and their hyper-parameters follow `../shared/spec/aesam.md`; AE-SAM is Jiang et al., ICLR 2023,
-https://huggingface.co/papers/2304.14647.
+The policies and their hyper-parameters are described in `docs/algorithm.md`; AE-SAM is Jiang et al., ICLR 2023,
+https://huggingface.co/papers/2304.14647. How `--optim` reaches the training step: `docs/architecture.md`.
 """
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
-from .controller import check_alpha, check_rho
-from .policies import (
-    SAMPolicyName,
-    check_delta,
-    check_finite,
-    check_interval,
-    check_probability,
-)
+from .hparams import DEFAULTS, check
+from .policies import SAMPolicyName
 
 
 POLICY_NAMES: tuple[str, ...] = tuple(p.value for p in SAMPolicyName)
 STOCK_OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in OptimizerNames)
+
+# Policy and controller hyper-parameter (as `aesam_hf.hparams` names it) -> the config field that sets it.
+HPARAM_FIELDS: dict[str, str] = {
+    "rho": "sam_rho",
+    "adaptive": "sam_adaptive",
+    "looksam_alpha": "looksam_alpha",
+    "interval": "sam_interval",
+    "probability": "sam_probability",
+    "delta": "aesam_delta",
+    "lambda1": "aesam_lambda1",
+    "lambda2": "aesam_lambda2",
+}
+
+
+def _plain(name: str | Enum) -> str:
+    """`OptimizerNames.SGD` or `SAMPolicyName.SAM` -> its string: the config holds names as plain strings."""
+    return name.value if isinstance(name, Enum) else name
 
 
 def _incompatible_base_optimizer(name: str) -> str | None:
@@ -36,15 +50,68 @@ def _incompatible_base_optimizer(name: str) -> str | None:
     return None
 
 
-# Policy hyper-parameter (as `make_policy` names it) -> the config field that sets it.
-POLICY_HPARAM_FIELDS: dict[str, str] = {
-    "seed": "seed",
-    "interval": "sam_interval",
-    "probability": "sam_probability",
-    "delta": "aesam_delta",
-    "lambda1": "aesam_lambda1",
-    "lambda2": "aesam_lambda2",
-}
+def split_optim(optim: str | Enum, base_optim: str | Enum, name: str = "optim") -> tuple[SAMPolicyName, str]:
+    """What `optim` means: (the SAM policy, the stock optimizer that takes every step). The one place that knows it.
+
+    A policy name (`aesam`) runs that policy on top of `base_optim`; a stock optimizer name (`adamw_torch`) keeps its
+    stock meaning, plain ERM with that optimizer, so existing scripts and configs run unchanged.
+    """
+    optim, base_optim = _plain(optim), _plain(base_optim)
+    if optim in STOCK_OPTIMIZERS:
+        return SAMPolicyName.ERM, optim
+    if optim not in POLICY_NAMES:
+        raise ValueError(
+            f"`{name}` ({optim!r}) must be a SAM policy, one of {list(POLICY_NAMES)}, or a stock optimizer name "
+            f"(meaning plain ERM), one of {list(STOCK_OPTIMIZERS)}."
+        )
+    if base_optim in POLICY_NAMES:
+        raise ValueError(
+            f"`sam_base_optim` ({base_optim!r}) is a SAM policy; it must be a stock optimizer that takes the steps, "
+            f"e.g. 'adamw_torch' or 'sgd' (one of {list(STOCK_OPTIMIZERS)}). Put the policy in `{name}`."
+        )
+    if base_optim not in STOCK_OPTIMIZERS:
+        raise ValueError(
+            f"`sam_base_optim` ({base_optim!r}) must be a stock optimizer, one of {list(STOCK_OPTIMIZERS)}."
+        )
+    # Under a policy name (even `erm`) the stock loop does not recognise these optimizers either: they are usable only
+    # as `optim` itself, which means plain ERM.
+    reason = _incompatible_base_optimizer(base_optim)
+    if reason is not None:
+        raise ValueError(
+            f"`sam_base_optim` ({base_optim!r}) cannot be used with `{name}` {optim!r}: {reason}. For plain training "
+            f"with it, pass `optim={base_optim!r}`."
+        )
+    return SAMPolicyName(optim), base_optim
+
+
+def refuse_sharded_backend(backend: str | None, value: Any = True, source: str | None = None) -> None:
+    """Raise if a sharding backend (FSDP, DeepSpeed) is asked for: the one check for every way of asking.
+
+    The SAM step needs the whole gradient and the whole weight vector on each rank; DeepSpeed ZeRO and FSDP shard
+    them. (DDP, single device and DataParallel are supported.) `source` is what asked, e.g. the config field.
+    """
+    if backend is None:
+        return
+    where = source or backend
+    raise ValueError(
+        f"{where} ({value!r}) is not supported by AESAMTrainer: the SAM step needs the full gradient and weights on "
+        "every rank. Use multi-process DDP instead: `torchrun`, or `accelerate launch` with a "
+        "`distributed_type: MULTI_GPU` config (e.g. configs/accelerate/multi_gpu.yaml)."
+    )
+
+
+def _requested_sharding(args: TrainingArguments) -> tuple[str, Any, str] | None:
+    """(backend, value, source) of the first sharding request in the fields or the accelerate environment."""
+    if args.deepspeed:
+        return "DeepSpeed", args.deepspeed, "`deepspeed`"
+    if args.fsdp:
+        return "FSDP", args.fsdp, "`fsdp`"
+    # `accelerate launch` with an FSDP or DeepSpeed config asks through the environment, not through these fields.
+    # On GPUs Accelerate would shard, and on CPUs it silently falls back to DDP, so refuse on every device.
+    for variable, backend in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if os.environ.get(variable, "false").lower() == "true":
+            return backend, f"{variable}=true", f"`distributed_type: {backend}` in the accelerate config"
+    return None
 
 
 @dataclass
@@ -97,19 +164,23 @@ class AESAMConfig(TrainingArguments):
         },
     )
     sam_interval: int = field(
-        default=5, metadata={"help": "k of the periodic and looksam policies: a SAM step when step %% k == 0."}
+        default=DEFAULTS.interval,
+        metadata={"help": "k of the periodic and looksam policies: a SAM step when step %% k == 0."},
     )
     sam_probability: float = field(
-        default=0.5, metadata={"help": "p of the random policy: the probability of a SAM step at each step."}
+        default=DEFAULTS.probability,
+        metadata={"help": "p of the random policy: the probability of a SAM step at each step."},
     )
     aesam_delta: float = field(
-        default=0.9, metadata={"help": "EMA rate, in (0, 1), of the running mean and variance of ||g||^2."}
+        default=DEFAULTS.delta, metadata={"help": "EMA rate, in (0, 1), of the running mean and variance of ||g||^2."}
     )
     aesam_lambda1: float = field(
-        default=-1.0, metadata={"help": "Threshold coefficient c_t at the end of training (aesam, aelooksam)."}
+        default=DEFAULTS.lambda1,
+        metadata={"help": "Threshold coefficient c_t at the end of training (aesam, aelooksam)."},
     )
     aesam_lambda2: float = field(
-        default=1.0, metadata={"help": "Threshold coefficient c_t at the start of training (aesam, aelooksam)."}
+        default=DEFAULTS.lambda2,
+        metadata={"help": "Threshold coefficient c_t at the start of training (aesam, aelooksam)."},
     )
     sam_base_optim: str = field(
         default=OptimizerNames.ADAMW_TORCH.value,
@@ -118,12 +189,14 @@ class AESAMConfig(TrainingArguments):
             "choices": list(STOCK_OPTIMIZERS),
         },
     )
-    sam_rho: float = field(default=0.05, metadata={"help": "Radius rho >= 0 of the SAM neighbourhood."})
+    sam_rho: float = field(
+        default=DEFAULTS.rho, metadata={"help": "Radius rho >= 0 (finite) of the SAM neighbourhood."}
+    )
     sam_adaptive: bool = field(
-        default=False, metadata={"help": "Use ASAM's scale-invariant perturbation rho * w^2 g / ||w g||."}
+        default=DEFAULTS.adaptive, metadata={"help": "Use ASAM's scale-invariant perturbation rho * w^2 g / ||w g||."}
     )
     looksam_alpha: float = field(
-        default=0.7,
+        default=DEFAULTS.looksam_alpha,
         metadata={"help": "Weight >= 0 of the reused SAM direction on non-SAM steps (looksam, aelooksam)."},
     )
     sam_freeze_bn_stats: bool = field(
@@ -132,74 +205,31 @@ class AESAMConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        # `TrainingArguments.__post_init__` turns `optim` into an `OptimizerNames` and would reject a policy name, so
-        # it runs with the base optimizer in `optim`, and the policy name is put back afterwards.
-        optim = getattr(self.optim, "value", self.optim)
-        if optim in STOCK_OPTIMIZERS:
-            # A stock name keeps its stock meaning: plain ERM with that optimizer.
-            self.sam_base_optim = optim
-        elif optim not in POLICY_NAMES:
-            raise ValueError(
-                f"`optim` ({optim!r}) must be a SAM policy, one of {list(POLICY_NAMES)}, or a stock optimizer name "
-                f"(meaning plain ERM), one of {list(STOCK_OPTIMIZERS)}."
-            )
-        self.sam_base_optim = getattr(self.sam_base_optim, "value", self.sam_base_optim)
-        self._check_base_optimizer()
-        # Checked before `super().__post_init__()`, which would first import DeepSpeed and rewrite `fsdp`.
-        # The SAM step needs the whole gradient and the whole weight vector on each rank; DeepSpeed ZeRO and FSDP
-        # shard them. (DDP, single device and DataParallel are supported.)
-        if self.deepspeed:
-            raise ValueError(
-                f"`deepspeed` ({self.deepspeed!r}) is not supported by AESAMTrainer yet: the SAM step needs the full "
-                "gradient on every rank. Use multi-process DDP (`accelerate launch` / `torchrun`) instead."
-            )
-        if self.fsdp:
-            raise ValueError(
-                f"`fsdp` ({self.fsdp!r}) is not supported by AESAMTrainer yet: the SAM step needs the full gradient "
-                "and weights on every rank. Use multi-process DDP (`accelerate launch` / `torchrun`) instead."
-            )
-        # `accelerate launch` with an FSDP or DeepSpeed config asks for the backend through the environment, not
-        # through these fields. Refused here too, on every device: on GPUs Accelerate would shard, and on CPUs it
-        # silently falls back to DDP, so the run would not be what the config file says.
-        for variable, backend in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
-            if os.environ.get(variable, "false").lower() == "true":
-                raise ValueError(
-                    f"`distributed_type: {backend}` in the accelerate config ({variable}=true) is not supported by "
-                    "AESAMTrainer yet: the SAM step needs the full gradient and weights on every rank. Launch with a "
-                    "DDP config instead (`distributed_type: MULTI_GPU`, e.g. configs/accelerate/multi_gpu.yaml)."
-                )
+        # Normalise: names become plain strings, and `sam_base_optim` the optimizer that really takes the steps.
+        self.optim = _plain(self.optim)
+        _, self.sam_base_optim = split_optim(self.optim, self.sam_base_optim)
+        # Validate before `super().__post_init__()`, which would first import DeepSpeed and rewrite `fsdp`.
+        sharding = _requested_sharding(self)
+        if sharding is not None:
+            refuse_sharded_backend(*sharding)
+        for hparam, name in HPARAM_FIELDS.items():
+            check(hparam, getattr(self, name), name)
+        with self.stock_optim():
+            super().__post_init__()
+
+    @contextlib.contextmanager
+    def stock_optim(self) -> Iterator["AESAMConfig"]:
+        """Inside the block `optim` holds the stock optimizer that takes the steps, for stock code that reads it.
+
+        `TrainingArguments` turns `optim` into an `OptimizerNames` and rejects policy names; the Trainer's optimizer
+        factory looks its handler up by `optim`. Outside the block `optim` is always what the user chose.
+        """
+        optim = self.optim
         self.optim = self.sam_base_optim
-        super().__post_init__()
-        self.optim = optim
-
-        check_rho(self.sam_rho, "sam_rho")
-        check_interval(self.sam_interval, "sam_interval")
-        check_probability(self.sam_probability, "sam_probability")
-        check_delta(self.aesam_delta, "aesam_delta")
-        check_finite(self.aesam_lambda1, "aesam_lambda1")
-        check_finite(self.aesam_lambda2, "aesam_lambda2")
-        check_alpha(self.looksam_alpha, "looksam_alpha")
-
-    def _check_base_optimizer(self) -> None:
-        base = self.sam_base_optim
-        if base in POLICY_NAMES:
-            raise ValueError(
-                f"`sam_base_optim` ({base!r}) is a SAM policy; it must be a stock optimizer that takes the steps, "
-                f"e.g. 'adamw_torch' or 'sgd' (one of {list(STOCK_OPTIMIZERS)}). Put the policy in `optim`."
-            )
-        if base not in STOCK_OPTIMIZERS:
-            raise ValueError(
-                f"`sam_base_optim` ({base!r}) must be a stock optimizer, one of {list(STOCK_OPTIMIZERS)}."
-            )
-        reason = _incompatible_base_optimizer(base)
-        optim = getattr(self.optim, "value", self.optim)
-        # Under a policy name (even `erm`) the stock loop does not recognise these optimizers either: they are
-        # usable only as `optim` itself, which means plain ERM.
-        if reason is not None and optim in POLICY_NAMES:
-            raise ValueError(
-                f"`sam_base_optim` ({base!r}) cannot be used with `optim` {optim!r}: {reason}. For plain training "
-                f"with it, pass `optim={base!r}`."
-            )
+        try:
+            yield self
+        finally:
+            self.optim = optim
 
     def set_optimizer(self, name: str = "aesam", **kwargs) -> "AESAMConfig":
         """`TrainingArguments.set_optimizer`, accepting a SAM policy name too (its base stays `sam_base_optim`).
@@ -207,23 +237,18 @@ class AESAMConfig(TrainingArguments):
         A stock name means plain ERM with that optimizer, as in `optim`. Other keyword arguments are the stock ones
         (`learning_rate`, `weight_decay`, `beta1`, `beta2`, `epsilon`, `args`).
         """
-        name = getattr(name, "value", name)
-        if name not in POLICY_NAMES + STOCK_OPTIMIZERS:
-            raise ValueError(
-                f"`name` ({name!r}) must be a SAM policy, one of {list(POLICY_NAMES)}, or a stock optimizer."
-            )
-        base = name if name in STOCK_OPTIMIZERS else self.sam_base_optim
-        super().set_optimizer(name=base, **kwargs)
-        self.optim, self.sam_base_optim = name, base
+        _, base = split_optim(name, self.sam_base_optim, name="name")
+        self.optim, self.sam_base_optim = _plain(name), base
+        with self.stock_optim():
+            super().set_optimizer(name=base, **kwargs)
         return self
 
     @property
     def sam_policy(self) -> SAMPolicyName:
         """The policy `optim` selects: itself for a policy name, `erm` for a stock optimizer name."""
-        optim = getattr(self.optim, "value", self.optim)
-        return SAMPolicyName(optim) if optim in POLICY_NAMES else SAMPolicyName.ERM
+        return split_optim(self.optim, self.sam_base_optim)[0]
 
     @property
-    def sam_policy_kwargs(self) -> dict[str, Any]:
-        """The policy hyper-parameters this config holds, by the names `make_policy` takes (all but `total_steps`)."""
-        return {hparam: getattr(self, name) for hparam, name in POLICY_HPARAM_FIELDS.items()}
+    def sam_hparams(self) -> dict[str, Any]:
+        """The policy and controller hyper-parameters, by the names `aesam_hf.hparams` gives them."""
+        return {hparam: getattr(self, name) for hparam, name in HPARAM_FIELDS.items()}

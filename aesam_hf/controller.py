@@ -1,9 +1,10 @@
 """`SAMController`: one optimizer step of a SAM policy, for the Trainer and for hand-written loops.
 
-Follows `../shared/spec/aesam.md`: it measures x = ||g||² on the full (accumulated, all-reduced) gradient, asks the
-policy (`aesam_hf.policies`) whether the step is a SAM step, and either moves the weights to w + e for the caller's
-second forward/backward pass and restores them by copy afterwards, or leaves the gradient as it is (ERM) or adds the
-LookSAM component. AE-SAM: https://huggingface.co/papers/2304.14647.
+Follows `docs/algorithm.md`. Each step is measure → decide → act: measure x = ||g||² on the full (accumulated,
+all-reduced) gradient, ask the policy (`aesam_hf.policies`) whether this is a SAM step, then either move the weights to
+w + e for the caller's second forward/backward pass (`restore()` puts w back by copy afterwards), add the reused
+LookSAM direction to the gradient (LookSAM policies, non-SAM steps), or leave the gradient alone (ERM).
+AE-SAM: https://huggingface.co/papers/2304.14647.
 
 Use in a plain PyTorch loop::
 
@@ -23,25 +24,35 @@ No `transformers` import.
 import copy
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .hparams import DEFAULTS, check
 from .policies import SAMPolicy
-from .sam import apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
+from .sam import LookSAMGeometry, apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
 
 
-def check_rho(value: float, name: str = "rho") -> None:
-    # rho = 0 is allowed (the second pass then recomputes g at w), a negative radius is a descent step, not SAM.
-    if not value >= 0.0:
-        raise ValueError(f"`{name}` ({value!r}) must be >= 0: it is the radius of the SAM neighbourhood.")
+@dataclass
+class StepRecord:
+    """What the controller did at one optimizer step: read it from `SAMController.record` after the step.
 
+    Device tensors stay on the device (reading them is the caller's sync, e.g. once per logging window).
+    """
 
-def check_alpha(value: float, name: str = "alpha") -> None:
-    if not value >= 0.0:
-        raise ValueError(f"`{name}` ({value!r}) must be >= 0: it weighs the reused LookSAM direction.")
+    step: int
+    sam: bool = False
+    # fp16: the step's gradient (first or second pass) was inf/NaN and the loss scaler skips the step.
+    overflow: bool = False
+    # x = ||g||², unscaled; None where nothing needed it (ERM, or a non-SAM step of a policy that ignores x).
+    grad_norm_sq: Tensor | None = None
+    # The policy's statistics after its decision (`SAMPolicy.stats()`), e.g. AE-SAM's mu, sigma and threshold.
+    policy_stats: dict[str, float] = field(default_factory=dict)
+    # SAM steps of the LookSAM policies: how g_s splits into g and the stored direction g_v.
+    looksam: LookSAMGeometry | None = None
 
 
 class SAMController:
@@ -67,13 +78,14 @@ class SAMController:
         self,
         params: Iterable[Tensor],
         policy: SAMPolicy,
-        rho: float = 0.05,
-        adaptive: bool = False,
-        looksam_alpha: float = 0.7,
+        rho: float = DEFAULTS.rho,
+        adaptive: bool = DEFAULTS.adaptive,
+        looksam_alpha: float = DEFAULTS.looksam_alpha,
         broadcast_grad_norm: bool | None = None,
     ):
-        check_rho(rho)
-        check_alpha(looksam_alpha)
+        check("rho", rho)
+        check("adaptive", adaptive)
+        check("looksam_alpha", looksam_alpha, "alpha")
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("`params` holds no parameter that requires grad: there is nothing to train.")
@@ -102,82 +114,92 @@ class SAMController:
         self.g_v_norm: Tensor | None = None
 
         # Per-step scratch, not checkpointed.
+        self.record = StepRecord(step=-1)
         self._w_saved: list[Tensor] | None = None
         self._g_scratch: list[Tensor] | None = None  # LookSAM policies: g during a SAM step
         self._policy_before: dict[str, Any] | None = None
         self._grad_scale: float | None = None  # the loss scale of the current SAM step's gradients
         self._active: list[int] | None = None  # indices of the params perturbed in the current SAM step
-        self.last: dict[str, Any] = {}
 
-    # ---- the step ----
+    # ---- the step: measure, decide, act ----
 
     def maybe_perturb(self, grad_scale: float | None = None) -> bool:
         """Call after the step's full gradient is in `.grad`. Returns True for a SAM step.
 
-        On a SAM step the weights are moved to w + e and their gradients cleared: run forward/backward again on the
-        same batch, then call `restore()`. On other steps the gradients are left for the optimizer (with the LookSAM
-        component added for the LookSAM policies). `grad_scale` is the AMP loss scale the gradients carry, if any
-        (fp16 with a GradScaler): then an inf/NaN gradient is an overflow step. Without one, an inf/NaN gradient
-        raises `FloatingPointError` when the policy reads x (`aesam`, `aelooksam`); the other policies keep x on the
-        device and leave the step to the optimizer, as plain training does.
+        SAM step: the weights move to w + e and their gradients are cleared; run forward/backward again on the same
+        batch, then call `restore()`. Non-SAM step of a LookSAM policy: the reused direction is added to `.grad`.
+        Otherwise `.grad` is left as it is. `grad_scale` is the AMP loss scale the gradients carry, if any (fp16 with
+        a GradScaler): an inf/NaN gradient is then an overflow step, which the scaler skips.
         """
-        t = self.t
+        self.record = record = StepRecord(step=self.t)
         self.t += 1
         self.passes += 1
-        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-        params = [self.params[i] for i in idx]
-        grads = [p.grad for p in params]
-        inv_scale = 1.0 / grad_scale if grad_scale else 1.0
-        x = grad_norm_sq(grads, inv_scale) if grads else torch.zeros((), device=self.params[0].device)
-        self.last = {"grad_norm_sq": x}
         if not self.policy.can_sam:
-            # ERM: nothing depends on x, so it stays on the device (logged later) and the step costs no host sync.
+            # ERM costs nothing beyond the stock step: no norm, no host sync, the gradient untouched.
             self.decided_steps += 1
-            self.last["sam"] = False
             return False
-
-        # x is read on the host only when something depends on it: the adaptive decision, or fp16 overflow
-        # detection. Other policies decide without it and the step keeps the GPU queue full.
-        x_host = None
+        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
+        inv_scale = 1.0 / grad_scale if grad_scale else 1.0
+        x = x_host = None
         if self.policy.uses_grad_norm or grad_scale is not None:
-            if self.broadcast_grad_norm:
-                # Decide from rank 0's value so that every rank takes the same decision, bit for bit.
-                dist.broadcast(x, src=0)
-            x_host = x.item()
-            self.last["grad_norm_sq"] = x_host
-            if not math.isfinite(x_host) and grad_scale is None:
-                # fp32/bf16: no loss scaler will skip this step, so the optimizer would write NaN into the weights and
-                # every later step would be non-finite too. Stop here, on every rank at once (x is rank 0's value),
-                # rather than go on training garbage or let ranks disagree. The statistics are still untouched, so a
-                # checkpoint saved before this step resumes cleanly once the cause is fixed.
-                raise FloatingPointError(
-                    f"The gradient of optimizer step {t} is not finite (||g||² = {x_host}) and no loss scaler skips "
-                    f"the step, so the {self.policy.name.value!r} policy cannot decide and the optimizer would write "
-                    "inf/NaN into the weights. Look for the cause (too high a `learning_rate`, inf/NaN in the inputs "
-                    "or the loss) and resume from the last checkpoint; fp16 with a GradScaler skips such steps instead."
-                )
+            # x is read on the host only when something depends on it: the adaptive decision, or fp16 overflow
+            # detection. The other policies decide without it and keep the device queue full.
+            x = self._measure(idx, inv_scale)
+            x_host = self._to_host(x)
             if not math.isfinite(x_host):
-                # Overflow step (spec, "Rules"): no decision, statistics and g_v untouched, nothing perturbed. With
-                # a GradScaler the optimizer step is then skipped by the scaler itself.
-                self.overflow_steps += 1
-                self.last["overflow"] = True
-                return False
+                self._non_finite(x_host, scaled=grad_scale is not None)
+                return False  # an overflow step: no decision, statistics and g_v untouched, nothing perturbed
+        record.sam = self._decide(record.step, x_host, keep_undo=grad_scale is not None)
+        reuses = not record.sam and self.policy.reuses_direction and self.g_v is not None
+        if (record.sam or reuses) and x is None:
+            x = self._measure(idx, inv_scale)
+        if record.sam:
+            self._perturb(idx, x, inv_scale, grad_scale)
+        elif reuses:
+            self._add_reused_direction(idx, x, inv_scale)
+        return record.sam
 
-        # With fp16, the second pass can still overflow: keep what the decision changes, to undo it then.
-        self._policy_before = copy.deepcopy(self.policy.state_dict()) if grad_scale is not None else None
-        is_sam = self.policy.decide(t, x_host)
+    def _measure(self, idx: list[int], inv_scale: float) -> Tensor:
+        """x = ||g||², unscaled, on the device."""
+        grads = [self.params[i].grad for i in idx]
+        x = grad_norm_sq(grads, inv_scale) if grads else torch.zeros((), device=self.params[0].device)
+        self.record.grad_norm_sq = x
+        return x
+
+    def _to_host(self, x: Tensor) -> float:
+        if self.broadcast_grad_norm:
+            # Decide from rank 0's value so that every rank takes the same decision, bit for bit.
+            dist.broadcast(x, src=0)
+        return x.item()
+
+    def _non_finite(self, x: float, scaled: bool) -> None:
+        if not scaled:
+            # fp32/bf16: no loss scaler will skip this step, so the optimizer would write NaN into the weights and
+            # every later step would be non-finite too. Stop here, on every rank at once (x is rank 0's value). The
+            # statistics are untouched, so a checkpoint saved before this step resumes cleanly.
+            raise FloatingPointError(
+                f"The gradient of optimizer step {self.record.step} is not finite (||g||² = {x}) and no loss scaler "
+                f"skips the step, so the {self.policy.name.value!r} policy cannot decide and the optimizer would "
+                "write inf/NaN into the weights. Look for the cause (too high a `learning_rate`, inf/NaN in the "
+                "inputs or the loss) and resume from the last checkpoint; fp16 with a GradScaler skips such steps."
+            )
+        self.overflow_steps += 1
+        self.record.overflow = True
+
+    def _decide(self, t: int, x: float | None, keep_undo: bool) -> bool:
+        # fp16: the second pass can still overflow; keep what the decision changes, to undo it then.
+        self._policy_before = copy.deepcopy(self.policy.state_dict()) if keep_undo else None
+        is_sam = self.policy.decide(t, x)
         self.decided_steps += 1
-        self.last["sam"] = is_sam
-        self.last.update(self.policy.stats())
-        if not is_sam:
-            if self.policy.reuses_direction and self.g_v is not None:
-                with torch.no_grad():
-                    g_v = [self.g_v[i] for i in idx]
-                    apply_looksam_(grads, g_v, self.g_v_norm, self.looksam_alpha, x.sqrt() / inv_scale)
-            return False
+        self.record.policy_stats = dict(self.policy.stats())
+        return is_sam
 
+    def _perturb(self, idx: list[int], x: Tensor, inv_scale: float, grad_scale: float | None) -> None:
+        """w <- w + e, keeping w (and, for LookSAM policies, g) to restore and project after the second pass."""
         self.sam_steps += 1
         self.passes += 1
+        params = [self.params[i] for i in idx]
+        grads = [p.grad for p in params]
         if self._w_saved is None:
             # Allocated once and reused: the saved weights are the only memory SAM adds (1x the parameters).
             self._w_saved = [torch.empty_like(p) for p in self.params]
@@ -197,7 +219,13 @@ class SAMController:
             p.grad = None
         self._active = idx
         self._grad_scale = grad_scale
-        return True
+
+    def _add_reused_direction(self, idx: list[int], x: Tensor, inv_scale: float) -> None:
+        """LookSAM, non-SAM step: g <- g + alpha * ||g|| / ||g_v|| * g_v, in the gradients' (scaled) units."""
+        with torch.no_grad():
+            grads = [self.params[i].grad for i in idx]
+            g_v = [self.g_v[i] for i in idx]
+            apply_looksam_(grads, g_v, self.g_v_norm, self.looksam_alpha, x.sqrt() / inv_scale)
 
     def restore(self) -> None:
         """Call after the second backward pass: restore w by copy and, for LookSAM policies, refresh g_v."""
@@ -215,12 +243,13 @@ class SAMController:
             self.sam_steps -= 1
             self.decided_steps -= 1
             self.overflow_steps += 1
-            self.last = {"grad_norm_sq": float("inf"), "overflow": True}
+            self.record = StepRecord(step=self.record.step, overflow=True)
             return
         if self.policy.reuses_direction:
             with torch.no_grad():
                 scratch = [self._g_scratch[i] for i in idx]
-                self.g_v_norm = looksam_direction_(scratch, sam_grads, inv_scale)
+                self.record.looksam = looksam_direction_(scratch, sam_grads, inv_scale)
+                self.g_v_norm = self.record.looksam.g_v_norm
             if self.g_v is not None and len(idx) < len(self.params):
                 # Parameters without a gradient this step keep their old direction.
                 missing = sorted(set(range(len(self.params))) - set(idx))

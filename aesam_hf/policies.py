@@ -1,12 +1,12 @@
 """Policies that decide, once per optimizer step, whether the step is a SAM step.
 
-Implements the decision rules of `../shared/spec/aesam.md` ("Policies: which steps are SAM steps"):
+Implements the decision rules of `docs/algorithm.md` ("The policies"):
 ERM, always-SAM (Foret et al., https://huggingface.co/papers/2010.01412), random SS-SAM/RST (Zhao et al. 2022),
 periodic, LookSAM (Liu et al. 2022) and the adaptive AE-SAM / AE-LookSAM rule of Jiang et al., ICLR 2023
 (https://huggingface.co/papers/2304.14647).
 
 Every policy has the same three methods: `decide(t, x)`, `state_dict()` and `load_state_dict()`. Decisions must be
-identical on every rank (spec, "Rules every policy obeys"): the caller passes `x` computed from the all-reduced
+identical on every rank (`docs/algorithm.md`, "Rules every policy obeys"): the caller passes `x` computed from the all-reduced
 gradient, and the random policy draws from its own generator seeded identically on every rank.
 
 This module imports only `torch`, so hand-written training loops can use it without `transformers`.
@@ -17,6 +17,8 @@ from enum import Enum
 from typing import Any, ClassVar
 
 import torch
+
+from .hparams import DEFAULTS, check, check_total_steps
 
 
 class SAMPolicyName(str, Enum):
@@ -33,41 +35,6 @@ class SAMPolicyName(str, Enum):
     @classmethod
     def _missing_(cls, value: object):
         raise ValueError(f"{value!r} is not a SAM policy; choose one of {[m.value for m in cls]}.")
-
-
-# ---- hyper-parameter rules: one function per rule, used by the policies and by `AESAMConfig` ----
-# Each takes the name to show so the message names the argument the user actually typed.
-
-
-def check_interval(value: int, name: str = "interval") -> None:
-    # `t % k` needs k >= 1; k = 1 would make every step a SAM step (use `sam` for that, but it is not an error).
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` ({value!r}) must be an integer >= 1: a SAM step is taken every `{name}` steps.")
-
-
-def check_probability(value: float, name: str = "probability") -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{name}` ({value!r}) must be in [0, 1]: it is the probability of a SAM step.")
-
-
-def check_delta(value: float, name: str = "delta") -> None:
-    # delta = 0 would forget all history and delta = 1 would never move from the start values.
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"`{name}` ({value!r}) must be in (0, 1): it is the EMA rate of the mean and variance.")
-
-
-def check_finite(value: float, name: str) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` ({value!r}) must be a finite number.")
-
-
-def check_total_steps(value: int | None, name: str = "total_steps") -> None:
-    # The adaptive threshold c_t interpolates over t / T; without T it is undefined.
-    if value is None or value < 1:
-        raise ValueError(
-            f"`{name}` ({value!r}) must be a positive integer: the adaptive policies need the total number of "
-            "optimizer steps T for their schedule c_t. Set `max_steps`, or use a dataset with a length."
-        )
 
 
 class SAMPolicy:
@@ -131,8 +98,8 @@ class RandomPolicy(SAMPolicy):
     name = SAMPolicyName.RANDOM
     hparams = ("probability", "seed")
 
-    def __init__(self, probability: float = 0.5, seed: int = 0):
-        check_probability(probability)
+    def __init__(self, probability: float = DEFAULTS.probability, seed: int = 0):
+        check("probability", probability)
         self.probability = probability
         self.seed = seed
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -153,8 +120,8 @@ class PeriodicPolicy(SAMPolicy):
     name = SAMPolicyName.PERIODIC
     hparams = ("interval",)
 
-    def __init__(self, interval: int = 5):
-        check_interval(interval)
+    def __init__(self, interval: int = DEFAULTS.interval):
+        check("interval", interval)
         self.interval = interval
 
     def decide(self, t: int, x: float | None) -> bool:
@@ -173,7 +140,7 @@ class AdaptivePolicy(SAMPolicy):
 
     ```
     mu  = delta * mu  + (1 - delta) * x
-    var = delta * var + (1 - delta) * (x - mu)**2      # with the new mu, as in the spec
+    var = delta * var + (1 - delta) * (x - mu)**2      # with the new mu (docs/algorithm.md)
     c_t = (t / T) * lambda1 + (1 - t / T) * lambda2
     SAM iff x >= mu + c_t * sqrt(var)
     ```
@@ -187,11 +154,15 @@ class AdaptivePolicy(SAMPolicy):
     INITIAL_VAR: ClassVar[float] = 1e-10
 
     def __init__(
-        self, delta: float = 0.9, lambda1: float = -1.0, lambda2: float = 1.0, total_steps: int | None = None
+        self,
+        delta: float = DEFAULTS.delta,
+        lambda1: float = DEFAULTS.lambda1,
+        lambda2: float = DEFAULTS.lambda2,
+        total_steps: int | None = None,
     ):
-        check_delta(delta)
-        check_finite(lambda1, "lambda1")
-        check_finite(lambda2, "lambda2")
+        check("delta", delta)
+        check("lambda1", lambda1)
+        check("lambda2", lambda2)
         check_total_steps(total_steps)
         self.delta = delta
         self.lambda1 = lambda1
@@ -249,26 +220,11 @@ POLICIES: dict[SAMPolicyName, type[SAMPolicy]] = {
 }
 
 
-def make_policy(
-    name: str | SAMPolicyName,
-    *,
-    total_steps: int | None = None,
-    seed: int = 0,
-    interval: int = 5,
-    probability: float = 0.5,
-    delta: float = 0.9,
-    lambda1: float = -1.0,
-    lambda2: float = 1.0,
-) -> SAMPolicy:
-    """Build the policy `name`, passing it the hyper-parameters it declares in `hparams` (the others are unused)."""
+def make_policy(name: str | SAMPolicyName, **hparams: Any) -> SAMPolicy:
+    """Build the policy `name` from the keyword arguments it declares in `hparams`; the others are ignored.
+
+    Callers can then pass one set of values (`total_steps`, `seed`, `interval`, ...) whatever the policy; what is not
+    given takes the policy's own default (`aesam_hf.hparams.DEFAULTS`).
+    """
     cls = POLICIES[SAMPolicyName(name)]
-    given = {
-        "total_steps": total_steps,
-        "seed": seed,
-        "interval": interval,
-        "probability": probability,
-        "delta": delta,
-        "lambda1": lambda1,
-        "lambda2": lambda2,
-    }
-    return cls(**{k: given[k] for k in cls.hparams})
+    return cls(**{k: v for k, v in hparams.items() if k in cls.hparams})

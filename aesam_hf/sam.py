@@ -1,7 +1,7 @@
 """The SAM step's tensor work in pure PyTorch: gradient norm, perturbation, exact restore, LookSAM direction.
 
 SAM: Foret et al. 2021, https://huggingface.co/papers/2010.01412 (ASAM: Kwon et al. 2021). LookSAM: Liu et al. 2022.
-Follows `../shared/spec/aesam.md`, sections "What g is", "SAM step" and "The LookSAM gradient".
+Follows `docs/algorithm.md`, sections "What g is", "The SAM step" and "The LookSAM gradient".
 
 Every function works on lists of tensors with `torch._foreach_*` kernels (one launch per list, not one per
 parameter) and never reads a value back to the host, so none of them adds a device synchronisation.
@@ -13,17 +13,18 @@ No `transformers` import: hand-written loops use this module directly.
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 
-# The spec's epsilon in e = rho * g / (||g|| + 1e-12): keeps a zero gradient from dividing by zero.
+# The epsilon in e = rho * g / (||g|| + 1e-12): keeps a zero gradient from dividing by zero.
 EPS = 1e-12
 
 
 def grad_norm_sq(grads: Sequence[Tensor], inv_scale: float = 1.0) -> Tensor:
-    """x = ||g||²: one global squared L2 norm over every tensor (spec: not per layer), in float32, unscaled.
+    """x = ||g||²: one global squared L2 norm over every tensor (not per layer: docs/algorithm.md), in float32, unscaled.
 
     Returns a 0-dim tensor on the gradients' device; inf/NaN when any entry of `g` is (an overflow step).
     """
@@ -56,11 +57,34 @@ def sam_perturbation_(
     torch._foreach_mul_(grads, factor.to(grads[0].dtype))
 
 
-def looksam_direction_(buffer: Sequence[Tensor], sam_grads: Sequence[Tensor], inv_scale: float = 1.0) -> Tensor:
+class LookSAMGeometry(NamedTuple):
+    """How g_s = c * g + g_v splits at a SAM step: c = <g_s, g> / ||g||², g_v orthogonal to g (0-dim tensors).
+
+    Kept on the device; `ratios` derives the quantities worth watching without touching the gradients again.
+    """
+
+    g_v_norm: Tensor  # ||g_v||, reused by every later non-SAM step
+    g_norm: Tensor  # ||g||
+    proj: Tensor  # c
+
+    def ratios(self) -> dict[str, Tensor]:
+        """||g_v|| / ||g||, ||g_s - g|| / ||g|| and cos(g_s, g), from the orthogonal split (Pythagoras)."""
+        v = self.g_v_norm / self.g_norm.clamp_min(EPS)  # ||g_v|| / ||g||
+        return {
+            "gv_over_g": v,
+            "diff_over_g": torch.sqrt(v.square() + (self.proj - 1.0).square()),  # g_s - g = g_v + (c - 1) g
+            "cos": self.proj
+            / torch.sqrt(v.square() + self.proj.square()).clamp_min(EPS),  # ||g_s||² = ||g_v||² + c²||g||²
+        }
+
+
+def looksam_direction_(
+    buffer: Sequence[Tensor], sam_grads: Sequence[Tensor], inv_scale: float = 1.0
+) -> LookSAMGeometry:
     """Turn `buffer` (holding the plain gradient g, unscaled) into g_v, the part of g_s orthogonal to g.
 
     g_v = g_s - (<g_s, g> / ||g||²) g, with global dot product and norms [choice]. `sam_grads` carry this step's loss
-    scale; g_v is stored unscaled. Returns ||g_v|| (0-dim tensor), reused by every later non-SAM step.
+    scale; g_v is stored unscaled.
     """
     # No foreach kernel computes dot products; this loop runs on SAM steps of the LookSAM policies only.
     dot = torch.stack([torch.vdot(a.flatten().float(), b.flatten().float()) for a, b in zip(sam_grads, buffer)]).sum()
@@ -68,7 +92,8 @@ def looksam_direction_(buffer: Sequence[Tensor], sam_grads: Sequence[Tensor], in
     coeff = dot * inv_scale / g_sq.clamp_min(EPS)
     torch._foreach_mul_(buffer, -coeff.to(buffer[0].dtype))  # -c * g
     torch._foreach_add_(buffer, sam_grads, alpha=inv_scale)  # + g_s
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(buffer, 2, dtype=torch.float32)))
+    g_v_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(buffer, 2, dtype=torch.float32)))
+    return LookSAMGeometry(g_v_norm=g_v_norm, g_norm=g_sq.sqrt(), proj=coeff)
 
 
 def apply_looksam_(

@@ -1,6 +1,6 @@
 """`AESAMTrainerMixin` and `AESAMTrainer`: SAM policies inside `transformers.Trainer`'s `training_step`.
 
-Implements `../shared/spec/aesam.md` under the stock training loop: one decision per optimizer step, taken after the
+Implements `docs/algorithm.md` under the stock training loop: one decision per optimizer step, taken after the
 last micro-batch of the step has been back-propagated (so from the full accumulated and, under DDP, all-reduced
 gradient); a SAM step re-runs forward/backward on every micro-batch of the step at w + e, so gradient accumulation
 2x4 gives the same update as 1x8. AE-SAM: https://huggingface.co/papers/2304.14647.
@@ -14,7 +14,6 @@ import copy
 import functools
 import math
 import os
-from collections import defaultdict
 from typing import Any
 
 import torch
@@ -24,8 +23,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
-from .config import POLICY_HPARAM_FIELDS, AESAMConfig
-from .controller import SAMController
+from .config import HPARAM_FIELDS, AESAMConfig, refuse_sharded_backend
+from .controller import SAMController, StepRecord
 from .policies import POLICIES, make_policy
 from .sam import frozen_running_stats
 
@@ -34,6 +33,15 @@ logger = logging.get_logger(__name__)
 
 SAM_STATE_NAME = "sam_state.pt"
 _TAG = "aesam"
+
+# The SAM state travels with the optimizer's through these two Trainer hooks; `docs/architecture.md` ("Checkpoints")
+# says why no public mechanism serves. Checked at import so that an upstream rename fails here, loudly.
+for _hook in ("_save_optimizer_and_scheduler", "_load_optimizer_and_scheduler"):
+    if not callable(getattr(Trainer, _hook, None)):
+        raise ImportError(
+            f"aesam_hf needs `transformers.Trainer.{_hook}`, which this transformers version lacks; install a "
+            "version this aesam_hf supports (see setup.cfg)."
+        )
 
 
 class _SAMTrainBeginCallback(TrainerCallback):
@@ -67,12 +75,9 @@ class AESAMTrainerMixin:
                 "HfArgumentParser(AESAMConfig)."
             )
         # Accelerate can switch these on from its own config (`accelerate launch --use_fsdp`), not only from args.
-        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
-            backend = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
-            raise ValueError(
-                f"{backend} is not supported by AESAMTrainer yet: the SAM step needs the full gradient and weights on "
-                "every rank. Use multi-process DDP (`accelerate launch` / `torchrun`) instead."
-            )
+        for backend, enabled in (("DeepSpeed", self.is_deepspeed_enabled), ("FSDP", self.is_fsdp_enabled)):
+            if enabled:
+                refuse_sharded_backend(backend, True, f"Accelerate's {backend} plugin")
         # A launcher (torchrun, `accelerate launch`) started several processes, but transformers set up none of them
         # for data parallelism: without GPUs it joins the gloo group only with `use_cpu`. Each rank would then train
         # its own copy on the full data and overwrite the others' checkpoints; the stock Trainer only warns.
@@ -96,7 +101,7 @@ class AESAMTrainerMixin:
         self._sam_controller: SAMController | None = None
         self._sam_resume_state: dict[str, Any] | None = None
         self._sam_micro_batches: list[tuple[Any, Any]] = []
-        self._sam_metrics: dict[str, list] = defaultdict(list)
+        self._sam_records: list[StepRecord] = []  # the steps since the last log
         self.add_callback(_SAMTrainBeginCallback(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._sam_model_tags)
@@ -109,23 +114,23 @@ class AESAMTrainerMixin:
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
-        # The stock handlers look up `args.optim`; hand them a shallow copy that names the base optimizer.
-        if isinstance(args, AESAMConfig):
-            args = copy.copy(args)
-            args.optim = args.sam_base_optim
-        return Trainer.get_optimizer_cls_and_kwargs(args, model)
+        # The stock handlers look the optimizer up by `args.optim`: show them the one that takes the steps.
+        if not isinstance(args, AESAMConfig):
+            return Trainer.get_optimizer_cls_and_kwargs(args, model)
+        with args.stock_optim():
+            return Trainer.get_optimizer_cls_and_kwargs(args, model)
 
     # ---- the step ----
 
     def _sam_begin_training(self, max_steps: int, global_step: int) -> None:
-        args = self.args
-        policy = make_policy(args.sam_policy, total_steps=max_steps, **args.sam_policy_kwargs)
+        args, hp = self.args, self.args.sam_hparams
+        policy = make_policy(args.sam_policy, total_steps=max_steps, seed=args.seed, **hp)
         self._sam_controller = SAMController(
             self.model.parameters(),
             policy,
-            rho=args.sam_rho,
-            adaptive=args.sam_adaptive,
-            looksam_alpha=args.looksam_alpha,
+            rho=hp["rho"],
+            adaptive=hp["adaptive"],
+            looksam_alpha=hp["looksam_alpha"],
             broadcast_grad_norm=args.world_size > 1,
         )
         if self._sam_resume_state is not None:
@@ -140,7 +145,7 @@ class AESAMTrainerMixin:
             )
             self._sam_controller.t = global_step
         self._sam_micro_batches = []
-        self._sam_metrics.clear()
+        self._sam_records = []
 
     def training_step(
         self,
@@ -161,8 +166,9 @@ class AESAMTrainerMixin:
 
         micro_batches, self._sam_micro_batches = self._sam_micro_batches, []
         scaler = self.accelerator.scaler
-        grad_scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
-        if controller.maybe_perturb(grad_scale=grad_scale):
+        # `get_scale()` reads the scale on the host: only a policy that can take a SAM step needs it.
+        scaled = controller.policy.can_sam and scaler is not None and scaler.is_enabled()
+        if controller.maybe_perturb(grad_scale=scaler.get_scale() if scaled else None):
             freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
             try:
                 with freeze:
@@ -177,49 +183,22 @@ class AESAMTrainerMixin:
                 controller.abort()
                 raise
             controller.restore()
-        self._sam_record_step(controller)
+        self._sam_records.append(controller.record)
         return loss
 
     # ---- logging ----
 
-    def _sam_record_step(self, controller: SAMController) -> None:
-        # x, mu, sigma and the decision come from the all-reduced gradient, identical on every rank: no gather.
-        last = controller.last
-        metrics = self._sam_metrics
-        if last.get("overflow"):
-            metrics["overflow"].append(1.0)
-            return
-        metrics["grad_norm_sq"].append(last["grad_norm_sq"])
-        metrics["sam"].append(float(last["sam"]))
-        for key in ("mu", "sigma", "threshold_c", "threshold"):
-            if key in last:
-                metrics[key].append(last[key])
-
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         controller = self._sam_controller
         is_eval = any(k.startswith(("eval_", "test_")) for k in logs)
-        if controller is not None and not is_eval and (self._sam_metrics or "train_runtime" in logs):
-            metrics = self._sam_metrics
-            if metrics["sam"]:
-                logs["sam/fraction"] = sum(metrics["sam"]) / len(metrics["sam"])
-            if metrics["grad_norm_sq"]:
-                # Device tensors (policies that need no host sync in the step) are read here, once per log. A
-                # non-finite value there is an fp16 overflow step that the step itself did not need to detect.
-                xs = [float(x) for x in metrics["grad_norm_sq"]]
-                finite = [x for x in xs if math.isfinite(x)]
-                metrics["overflow"] += [1.0] * (len(xs) - len(finite))
-                if finite:
-                    logs["sam/grad_norm_sq"] = sum(finite) / len(finite)
-            for key in ("mu", "sigma", "threshold_c", "threshold"):
-                if metrics[key]:
-                    logs[f"sam/{key}"] = sum(metrics[key]) / len(metrics[key])
-            if metrics["overflow"]:
-                logs["sam/overflow_steps"] = float(len(metrics["overflow"]))
+        if controller is not None and not is_eval and (self._sam_records or "train_runtime" in logs):
+            # x, mu, sigma and the decision come from the all-reduced gradient, identical on every rank: no gather.
+            records, self._sam_records = self._sam_records, []
+            logs.update(summarize_steps(records))
             # On the final log, `logs` is the very dict `train()` returns as `TrainOutput.metrics`: the totals reach
             # the example scripts' train_results.json / all_results.json from here.
             logs["sam/fraction_total"] = controller.sam_fraction
             logs["sam/passes"] = float(controller.passes)
-            metrics.clear()
         super().log(logs, *args, **kwargs)
 
     # ---- checkpointing: the controller's state travels with the optimizer's ----
@@ -271,9 +250,7 @@ class AESAMTrainerMixin:
         ]
         if POLICIES[args.sam_policy].can_sam:
             lines.append(f"- SAM radius rho: {args.sam_rho:g}{' (ASAM, adaptive)' if args.sam_adaptive else ''}")
-            fields = [
-                POLICY_HPARAM_FIELDS[k] for k in POLICIES[args.sam_policy].hparams if k not in ("total_steps", "seed")
-            ]
+            fields = [HPARAM_FIELDS[k] for k in POLICIES[args.sam_policy].hparams if k in HPARAM_FIELDS]
             if fields:
                 lines.append(f"- policy hyper-parameters: {', '.join(f'{f}={getattr(args, f):g}' for f in fields)}")
         controller = self._sam_controller
@@ -292,3 +269,36 @@ class AESAMTrainerMixin:
 
 class AESAMTrainer(AESAMTrainerMixin, Trainer):
     """`transformers.Trainer` with the SAM policies of `AESAMConfig` (AE-SAM by default)."""
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def summarize_steps(records: list[StepRecord]) -> dict[str, float]:
+    """The `sam/*` metrics of a logging window: means over its steps, and counts of the steps that went wrong.
+
+    Device values are read here, in one transfer per window rather than one sync per step.
+    """
+    logs: dict[str, float] = {}
+    decided = [r for r in records if not r.overflow]
+    if decided:
+        logs["sam/fraction"] = _mean([float(r.sam) for r in decided])
+    measured = [r.grad_norm_sq for r in decided if r.grad_norm_sq is not None]
+    if measured:
+        xs = torch.stack(measured).tolist()
+        finite = [x for x in xs if math.isfinite(x)]
+        if finite:
+            logs["sam/grad_norm_sq"] = _mean(finite)
+        if len(finite) < len(xs):
+            # No loss scaler skipped these steps (that would be an overflow step): the optimizer took them.
+            logs["sam/nonfinite_steps"] = float(len(xs) - len(finite))
+    for key in dict.fromkeys(k for r in decided for k in r.policy_stats):
+        logs[f"sam/{key}"] = _mean([r.policy_stats[key] for r in decided if key in r.policy_stats])
+    geometry = [r.looksam.ratios() for r in decided if r.looksam is not None]
+    for key in geometry[0] if geometry else ():
+        logs[f"sam/looksam_{key}"] = _mean(torch.stack([g[key] for g in geometry]).tolist())
+    overflow = len(records) - len(decided)
+    if overflow:
+        logs["sam/overflow_steps"] = float(overflow)
+    return logs

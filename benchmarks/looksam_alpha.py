@@ -72,11 +72,12 @@ def record_ratios(out: list[dict]):
         diff_norm = global_norm([s - b.float() for s, b in zip(g_s, buffer, strict=True)])
         dot = sum(torch.vdot(s.flatten(), b.float().flatten()) for s, b in zip(g_s, buffer, strict=True))
         cos = dot / (global_norm(g_s) * g_norm).clamp_min(1e-30)
-        g_v_norm = original(buffer, sam_grads, inv_scale)
+        geometry = original(buffer, sam_grads, inv_scale)
+        g_v_norm = geometry.g_v_norm
         out.append(
             {"gv_over_g": float(g_v_norm / g_norm), "diff_over_g": float(diff_norm / g_norm), "cos": float(cos)}
         )
-        return g_v_norm
+        return geometry
 
     controller.looksam_direction_ = wrapper
 

@@ -14,17 +14,10 @@ DISTRIBUTED = pathlib.Path(__file__).parent / "distributed"
 TRAIN = DISTRIBUTED / "train_regression.py"
 sys.path.insert(0, str(DISTRIBUTED))
 
-from launching import Job, torchrun, torchrun_cmd  # noqa: E402
+from launching import REGRESSION_ARGS, Job, load_ranks, torchrun, torchrun_cmd  # noqa: E402
 
 
-# A bounded `ddp_timeout`: a rank left waiting in a collective gives up after a minute instead of the default 30.
-TRAIN_ARGS = ["--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1", "--seed", "42",
-              "--per_device_train_batch_size", "4", "--train_sampling_strategy", "sequential", "--learning_rate", "0.05",
-              "--lr_scheduler_type", "constant", "--sam_rho", "0.5", "--ddp_timeout", "60"]  # fmt: skip
-
-
-def _ranks(out_dir: pathlib.Path) -> list[dict]:
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+TRAIN_ARGS = REGRESSION_ARGS
 
 
 def _assert_ranks_agree(ranks: list[dict]) -> None:
@@ -55,7 +48,7 @@ def test_killed_job_resumes_with_the_same_decisions_and_weights(tmp_path, optim)
     full = full.wait(timeout=120)
     assert full.returncode == 0, full.output[-3000:]
 
-    resumed_ranks, full_ranks = _ranks(tmp_path / "resumed"), _ranks(tmp_path / "full")
+    resumed_ranks, full_ranks = load_ranks(tmp_path / "resumed"), load_ranks(tmp_path / "full")
     _assert_ranks_agree(resumed_ranks)
     _assert_ranks_agree(full_ranks)
     after = lambda rank: [log for log in rank["logs"] if log["step"] > 4]  # noqa: E731
@@ -77,12 +70,26 @@ def test_killed_job_resumes_with_the_same_decisions_and_weights(tmp_path, optim)
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_fp16_non_finite_loss_on_one_rank_is_an_overflow_step_on_every_rank(tmp_path, value):
     """Rank 1 alone plants inf/NaN in the loss of step 3; DDP's all-reduce spreads it, and both ranks skip the step."""
-    args = TRAIN_ARGS + ["--output_dir", tmp_path, "--optim", "aelooksam", "--fp16", "--max_steps", "6",
-                         "--save_strategy", "no", "--test_loss_factor_step", "3", "--test_loss_factor", value,
-                         "--test_loss_factor_rank", "1"]  # fmt: skip
+    args = TRAIN_ARGS + [
+        "--output_dir",
+        tmp_path,
+        "--optim",
+        "aelooksam",
+        "--fp16",
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "no",
+        "--test_loss_factor_step",
+        "3",
+        "--test_loss_factor",
+        value,
+        "--test_loss_factor_rank",
+        "1",
+    ]
     job = torchrun(TRAIN, args, timeout=120)
     assert job.returncode == 0, job.output[-3000:]
-    ranks = _ranks(tmp_path)
+    ranks = load_ranks(tmp_path)
     _assert_ranks_agree(ranks)
     for rank in ranks:
         before, at = rank["snapshots"][2], rank["snapshots"][3]  # after steps 2 and 3 (0-based)
@@ -102,8 +109,22 @@ def test_fp16_non_finite_loss_on_one_rank_is_an_overflow_step_on_every_rank(tmp_
 @pytest.mark.parametrize("precision", [[], ["--bf16"]], ids=["fp32", "bf16"])
 def test_nan_loss_without_a_loss_scaler_stops_every_rank_with_a_clear_error(tmp_path, precision):
     """No scaler would skip the step: the adaptive policy raises on both ranks at once (x is rank 0's value)."""
-    args = TRAIN_ARGS + precision + ["--output_dir", tmp_path, "--optim", "aesam", "--max_steps", "6",
-                                     "--save_strategy", "no", "--test_loss_factor_step", "3"]  # fmt: skip
+    args = (
+        TRAIN_ARGS
+        + precision
+        + [
+            "--output_dir",
+            tmp_path,
+            "--optim",
+            "aesam",
+            "--max_steps",
+            "6",
+            "--save_strategy",
+            "no",
+            "--test_loss_factor_step",
+            "3",
+        ]
+    )
     started = time.monotonic()
     job = torchrun(TRAIN, args, timeout=120)
     assert job.returncode != 0
@@ -117,11 +138,21 @@ def test_nan_loss_without_a_loss_scaler_stops_every_rank_with_a_clear_error(tmp_
 @pytest.mark.distributed
 def test_nan_loss_with_a_policy_that_never_reads_the_norm_trains_on_as_the_trainer_does(tmp_path):
     """`sam` decides without x (no host sync per step): the Trainer's usual behaviour, NaN weights, on both ranks."""
-    args = TRAIN_ARGS + ["--output_dir", tmp_path, "--optim", "sam", "--max_steps", "6", "--save_strategy", "no",
-                         "--test_loss_factor_step", "3"]  # fmt: skip
+    args = TRAIN_ARGS + [
+        "--output_dir",
+        tmp_path,
+        "--optim",
+        "sam",
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "no",
+        "--test_loss_factor_step",
+        "3",
+    ]
     job = torchrun(TRAIN, args, timeout=120)
     assert job.returncode == 0, job.output[-3000:]
-    ranks = _ranks(tmp_path)
+    ranks = load_ranks(tmp_path)
     assert [log["sam/fraction"] for log in ranks[0]["logs"]] == [log["sam/fraction"] for log in ranks[1]["logs"]]
     for rank in ranks:
         assert all(torch.isfinite(p).all() for p in rank["snapshots"][2]["params"].values())
@@ -131,8 +162,22 @@ def test_nan_loss_with_a_policy_that_never_reads_the_norm_trains_on_as_the_train
 @pytest.mark.distributed
 @pytest.mark.parametrize("how", ["exit", "raise"])
 def test_a_rank_that_dies_ends_the_job_with_a_clear_message(tmp_path, how):
-    args = TRAIN_ARGS + ["--output_dir", tmp_path, "--optim", "aesam", "--max_steps", "8", "--save_strategy", "no",
-                         "--test_die_step", "3", "--test_die_rank", "1", "--test_die_how", how]  # fmt: skip
+    args = TRAIN_ARGS + [
+        "--output_dir",
+        tmp_path,
+        "--optim",
+        "aesam",
+        "--max_steps",
+        "8",
+        "--save_strategy",
+        "no",
+        "--test_die_step",
+        "3",
+        "--test_die_rank",
+        "1",
+        "--test_die_how",
+        how,
+    ]
     started = time.monotonic()
     job = torchrun(TRAIN, args, timeout=120)  # raises TimeoutError if rank 0 is left hanging in a collective
     elapsed = time.monotonic() - started

@@ -83,7 +83,7 @@ def test_adaptive_rule_matches_the_spec_formulas(cls):
 
 
 def test_adaptive_defaults_fire_on_about_half_the_steps():
-    # With lambda1 = -1, lambda2 = 1, the fraction is roughly the mean of Phi(-c_t) = 0.5 (spec).
+    # With lambda1 = -1, lambda2 = 1, the fraction is roughly the mean of Phi(-c_t) = 0.5 (docs/algorithm.md).
     T = 2000
     policy = AdaptivePolicy(total_steps=T)
     gen = torch.Generator().manual_seed(0)

@@ -48,10 +48,15 @@ def test_looksam_direction_is_the_part_of_g_s_orthogonal_to_g():
     expected = fs - (fs @ fg) / (fg @ fg) * fg
     buffer = [x.clone() for x in g]
     scale = 8.0
-    norm = looksam_direction_(buffer, [x * scale for x in g_s], inv_scale=1 / scale)
+    geometry = looksam_direction_(buffer, [x * scale for x in g_s], inv_scale=1 / scale)
     torch.testing.assert_close(_flat(buffer), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(norm, expected.norm())
+    torch.testing.assert_close(geometry.g_v_norm, expected.norm())
     assert abs(float(_flat(buffer) @ fg)) < 1e-4
+    # The logged ratios, derived from the split, equal the direct computation.
+    ratios = geometry.ratios()
+    torch.testing.assert_close(ratios["gv_over_g"], expected.norm() / fg.norm())
+    torch.testing.assert_close(ratios["diff_over_g"], (fs - fg).norm() / fg.norm())
+    torch.testing.assert_close(ratios["cos"], (fs @ fg) / (fs.norm() * fg.norm()))
 
 
 def test_apply_looksam_adds_the_scaled_direction():
@@ -129,7 +134,7 @@ def test_erm_policy_leaves_the_gradient_alone_without_a_host_sync():
     grads = [p.grad.clone() for p in model.parameters()]
     sam = SAMController(model.parameters(), make_policy("erm"))
     assert not sam.maybe_perturb()
-    assert isinstance(sam.last["grad_norm_sq"], torch.Tensor)  # stays on the device
+    assert sam.record.grad_norm_sq is None  # not even measured: ERM costs nothing beyond the stock step
     for p, g in zip(model.parameters(), grads):
         assert torch.equal(p.grad, g)
 
@@ -199,7 +204,7 @@ def test_grad_scaler_overflow_skips_the_step_and_leaves_the_policy_untouched(bad
     policy_state = dict(sam.policy.state_dict())
     weights = [p.detach().clone() for p in model.parameters()]
     assert not step(plant=True)
-    assert sam.overflow_steps == 1 and sam.last["overflow"]
+    assert sam.overflow_steps == 1 and sam.record.overflow
     assert sam.policy.state_dict() == policy_state
     for p, w in zip(model.parameters(), weights):
         assert torch.equal(p, w)  # skipped by the scaler, and never perturbed
@@ -266,7 +271,7 @@ def test_fp16_overflow_in_the_second_pass_is_an_overflow_step():
     policy_state = dict(sam.policy.state_dict())
     weights = [p.detach().clone() for p in model.parameters()]
     step(plant_second_pass=True)
-    assert sam.last["overflow"] and sam.overflow_steps == 1
+    assert sam.record.overflow and sam.overflow_steps == 1
     assert (sam.sam_steps, sam.decided_steps) == (1, 1)
     assert (
         sam.policy.state_dict()["mu"] == policy_state["mu"] and sam.policy.state_dict()["var"] == policy_state["var"]

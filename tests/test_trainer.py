@@ -1,6 +1,8 @@
 """AESAMTrainer against the stock Trainer and against hand-written two-pass references, step by step."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,7 +50,7 @@ def run_recorded(trainer, resume_from_checkpoint: str | None = None) -> list[dic
     return recorder.steps
 
 
-# ---- a hand-written reference: the spec's SAM / LookSAM step with AdamW, written without aesam_hf ----
+# ---- a hand-written reference: the SAM / LookSAM step of docs/algorithm.md with AdamW, written without aesam_hf ----
 
 
 def _batch(dataset, step, batch_size):
@@ -111,10 +113,19 @@ def test_erm_equals_the_stock_trainer_step_for_step(tmp_path):
     data = RegressionDataset(length=64, dim=4)
     ours = run_recorded(get_trainer(tmp_path / "a", model=MLPRegressionModel(), train_dataset=data, optim="erm"))
     stock_args = TrainingArguments(
-        output_dir=str(tmp_path / "b"), report_to="none", use_cpu=True, disable_tqdm=True, seed=42,
-        learning_rate=0.05, per_device_train_batch_size=8, max_steps=6, logging_steps=1, save_strategy="no",
-        lr_scheduler_type="constant", optim="adamw_torch",
-    )  # fmt: skip
+        output_dir=str(tmp_path / "b"),
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=42,
+        learning_rate=0.05,
+        per_device_train_batch_size=8,
+        max_steps=6,
+        logging_steps=1,
+        save_strategy="no",
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+    )
     stock = run_recorded(Trainer(model=MLPRegressionModel(), args=stock_args, train_dataset=data))
     assert_steps_close(ours, stock, exact=True)
 
@@ -124,9 +135,15 @@ def test_erm_equals_the_stock_trainer_step_for_step(tmp_path):
 def test_sam_equals_a_hand_written_two_pass_reference(tmp_path, adaptive, batch_norm):
     data = RegressionDataset(length=24, dim=4)
     trainer = get_trainer(
-        tmp_path, model=MLPRegressionModel(batch_norm=batch_norm), train_dataset=data, optim="sam",
-        sam_adaptive=adaptive, sam_rho=0.5, max_steps=3, **SEQUENTIAL,
-    )  # fmt: skip
+        tmp_path,
+        model=MLPRegressionModel(batch_norm=batch_norm),
+        train_dataset=data,
+        optim="sam",
+        sam_adaptive=adaptive,
+        sam_rho=0.5,
+        max_steps=3,
+        **SEQUENTIAL,
+    )
     ours = run_recorded(trainer)
     ref_model = MLPRegressionModel(batch_norm=batch_norm)
     reference = reference_run(ref_model, data, 3, lambda t: "sam", rho=0.5, adaptive=adaptive)
@@ -140,9 +157,15 @@ def test_sam_equals_a_hand_written_two_pass_reference(tmp_path, adaptive, batch_
 def test_looksam_equals_a_hand_written_reference(tmp_path):
     data = RegressionDataset(length=56, dim=4)
     trainer = get_trainer(
-        tmp_path, train_dataset=data, optim="looksam", sam_interval=3, looksam_alpha=0.7, sam_rho=0.5,
-        max_steps=7, **SEQUENTIAL,
-    )  # fmt: skip
+        tmp_path,
+        train_dataset=data,
+        optim="looksam",
+        sam_interval=3,
+        looksam_alpha=0.7,
+        sam_rho=0.5,
+        max_steps=7,
+        **SEQUENTIAL,
+    )
     ours = run_recorded(trainer)
     reference = reference_run(MLPRegressionModel(), data, 7, lambda t: "sam" if t % 3 == 0 else "looksam", rho=0.5)
     assert_steps_close(ours, reference)
@@ -166,8 +189,9 @@ def test_gradient_accumulation_reruns_every_micro_batch(tmp_path):
     calls = []
     model = MLPRegressionModel()
     model.register_forward_hook(lambda m, args, kwargs_out: calls.append(1))
-    trainer = get_trainer(tmp_path, model=model, optim="sam", per_device_train_batch_size=2,
-                          gradient_accumulation_steps=4, max_steps=3)  # fmt: skip
+    trainer = get_trainer(
+        tmp_path, model=model, optim="sam", per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=3
+    )
     trainer.train()
     assert len(calls) == 3 * 4 * 2  # steps x micro-batches x passes
     assert sam_logs(trainer)[-1]["sam/passes"] == 6
@@ -194,7 +218,7 @@ def test_adaptive_decisions_follow_the_spec_from_the_logs(tmp_path, optim):
         sam_steps += entry["sam/fraction"]
         assert entry["sam/fraction_total"] == pytest.approx(sam_steps / (t + 1))
         assert entry["sam/passes"] == t + 1 + sam_steps
-    # With the default lambdas about half the steps are SAM steps (spec: roughly the mean of Phi(-c_t)).
+    # With the default lambdas about half the steps are SAM steps (docs/algorithm.md: roughly the mean of Phi(-c_t)).
     assert 0.3 <= sam_steps / T <= 0.8
 
 
@@ -231,8 +255,9 @@ def test_bf16_autocast_run(tmp_path):
     dtypes = []
     model = tiny_bert()
     model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
-    trainer = get_trainer(tmp_path, model=model, train_dataset=TokenDataset(), optim="sam", bf16=True,
-                          max_steps=3, learning_rate=1e-3)  # fmt: skip
+    trainer = get_trainer(
+        tmp_path, model=model, train_dataset=TokenDataset(), optim="sam", bf16=True, max_steps=3, learning_rate=1e-3
+    )
     before = [p.detach().clone() for p in model.parameters()]
     out = trainer.train()
     assert set(dtypes) == {torch.bfloat16} and len(dtypes) == 6  # two passes per step, under autocast
@@ -371,3 +396,69 @@ def test_sam_metrics_reach_tensorboard(tmp_path):
     ):
         assert f"train/{key}" in tags, (key, tags)
     assert [e.value for e in acc.Scalars("train/sam/passes")][-1] == sam_logs(trainer)[-1]["sam/passes"]
+
+
+@pytest.mark.parametrize("optim", ["erm", "adamw_torch"])
+def test_erm_measures_nothing_and_the_gradient_reaches_the_optimizer_untouched(tmp_path, optim, monkeypatch):
+    # ERM must cost nothing beyond the stock step: no norm, no host sync, no cached micro-batches.
+    import aesam_hf.controller
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("ERM computed ||g||²")
+
+    monkeypatch.setattr(aesam_hf.controller, "grad_norm_sq", forbidden)
+    trainer = get_trainer(tmp_path, optim=optim, max_steps=3)
+    trainer.train()
+    assert trainer._sam_micro_batches == []
+    logs = sam_logs(trainer)
+    assert [h["sam/fraction"] for h in logs] == [0.0, 0.0, 0.0]
+    assert all("sam/grad_norm_sq" not in h for h in logs)
+    assert logs[-1]["sam/passes"] == 3.0
+
+
+def test_policies_without_x_measure_it_only_on_the_steps_that_use_it(tmp_path):
+    trainer = get_trainer(tmp_path, optim="periodic", sam_interval=3, max_steps=6)
+    trainer.train()
+    logs = sam_logs(trainer)
+    assert ["sam/grad_norm_sq" in h for h in logs] == [h["sam/fraction"] == 1.0 for h in logs]
+    assert [h["sam/fraction"] for h in logs] == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def test_looksam_geometry_is_logged_on_sam_steps(tmp_path):
+    trainer = get_trainer(tmp_path, optim="looksam", sam_interval=2, max_steps=4, sam_rho=0.5)
+    trainer.train()
+    logs = sam_logs(trainer)
+    keys = ("sam/looksam_gv_over_g", "sam/looksam_diff_over_g", "sam/looksam_cos")
+    assert [all(k in h for k in keys) for h in logs] == [True, False, True, False]
+    # The values themselves are pinned against a direct computation in test_sam.py; here, that they are sane.
+    for h in logs[::2]:
+        assert h["sam/looksam_gv_over_g"] > 0 and h["sam/looksam_diff_over_g"] > 0
+        assert -1.0 <= h["sam/looksam_cos"] <= 1.0
+
+
+class _ConstantStatsPolicyMixin:
+    """Adds a statistic to AE-SAM's: the trainer must log whatever `stats()` returns, under `sam/`."""
+
+    def stats(self):
+        return {**super().stats(), "custom_stat": 2.5}
+
+
+def test_policy_stats_are_logged_generically(tmp_path, monkeypatch):
+    import aesam_hf.policies
+    from aesam_hf import AdaptivePolicy, SAMPolicyName
+
+    custom = type("CustomAdaptive", (_ConstantStatsPolicyMixin, AdaptivePolicy), {})
+    monkeypatch.setitem(aesam_hf.policies.POLICIES, SAMPolicyName.AESAM, custom)
+    trainer = get_trainer(tmp_path, optim="aesam", max_steps=2)
+    trainer.train()
+    assert [h["sam/custom_stat"] for h in sam_logs(trainer)] == [2.5, 2.5]
+    assert all("sam/threshold" in h for h in sam_logs(trainer))
+
+
+def test_import_fails_loudly_if_the_checkpoint_hooks_are_gone():
+    # The SAM state rides on two private Trainer hooks (docs/architecture.md, "Checkpoints"): a transformers release
+    # without them must stop the import, not silently drop sam_state.pt from every checkpoint.
+    code = "import transformers; del transformers.Trainer._load_optimizer_and_scheduler; import aesam_hf"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "ImportError" in out.stderr and "_load_optimizer_and_scheduler" in out.stderr

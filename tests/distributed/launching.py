@@ -22,12 +22,27 @@ import time
 from dataclasses import dataclass
 
 import psutil
+import torch
 
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
 # Two CPU processes on this machine (DDP over gloo); the script must be given `--use_cpu`.
 MULTI_CPU_CONFIG = ACCELERATE_CONFIGS / "multi_cpu.yaml"
+
+
+# train_regression.py flags shared by the multi-process tests: the tiny regression task, logged at every step. A
+# bounded `ddp_timeout`: a rank left waiting in a collective gives up after a minute instead of the default 30.
+REGRESSION_ARGS = (
+    "--use_cpu --report_to none --disable_tqdm true --logging_steps 1 --seed 42 --per_device_train_batch_size 4 "
+    "--train_sampling_strategy sequential --learning_rate 0.05 --lr_scheduler_type constant --sam_rho 0.5 "
+    "--ddp_timeout 60"
+).split()
+
+
+def load_ranks(out_dir: pathlib.Path, world_size: int = 2) -> list[dict]:
+    """What each rank of a finished job saved to `rank<r>.pt` (the scripts in this folder write them)."""
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 
 @dataclass
@@ -48,13 +63,33 @@ def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def torchrun_cmd(script: str | os.PathLike, args: list[str], nproc: int = 2) -> list[str]:
     # `python -m torch.distributed.run` is torchrun, found without relying on the venv being on PATH.
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_port", str(free_port()), str(script), *map(str, args)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        str(script),
+        *map(str, args),
+    ]
 
 
-def accelerate_cmd(script: str | os.PathLike, args: list[str], config_file: str | os.PathLike = MULTI_CPU_CONFIG) -> list[str]:  # fmt: skip
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            "--main_process_port", str(free_port()), str(script), *map(str, args)]  # fmt: skip
+def accelerate_cmd(
+    script: str | os.PathLike, args: list[str], config_file: str | os.PathLike = MULTI_CPU_CONFIG
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_file),
+        "--main_process_port",
+        str(free_port()),
+        str(script),
+        *map(str, args),
+    ]
 
 
 class Job:

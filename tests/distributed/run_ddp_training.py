@@ -33,7 +33,7 @@ def main(out_dir: str, optim: str, batch_size: int, ga_steps: int) -> None:
         {
             "world_size": trainer.args.world_size,
             "decisions": [h["sam/fraction"] for h in sam_logs(trainer)],
-            "grad_norm_sq": [h["sam/grad_norm_sq"] for h in sam_logs(trainer)],
+            "grad_norm_sq": [h.get("sam/grad_norm_sq") for h in sam_logs(trainer)],
             "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
