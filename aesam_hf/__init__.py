@@ -5,6 +5,7 @@ Paper: https://huggingface.co/papers/2304.14647. The algorithms: `docs/algorithm
 
 __version__ = "0.1.0.dev0"
 
+from .checkpoint import SAM_STATE_NAME
 from .config import AESAMConfig, split_optim
 from .controller import SAMController, StepRecord
 from .hparams import DEFAULTS
@@ -21,8 +22,8 @@ from .policies import (
     SAMPolicyName,
     make_policy,
 )
-from .sam import LookSAMGeometry, frozen_running_stats, grad_norm_sq
-from .trainer import SAM_STATE_NAME, AESAMTrainer, AESAMTrainerMixin
+from .sam import LookSAMGeometry, capture_rng, frozen_running_stats, grad_norm_sq, replay_rng
+from .trainer import AESAMTrainer, AESAMTrainerMixin
 
 
 __all__ = [
@@ -48,5 +49,7 @@ __all__ = [
     "AELookSAMPolicy",
     "make_policy",
     "frozen_running_stats",
+    "capture_rng",
+    "replay_rng",
     "grad_norm_sq",
 ]

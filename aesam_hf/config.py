@@ -151,6 +151,13 @@ class AESAMConfig(TrainingArguments):
         sam_freeze_bn_stats (`bool`, *optional*, defaults to `True`):
             Keep BatchNorm running statistics from being updated by the second pass of a SAM step.
 
+        > Parameters that control resuming
+
+        sam_reset_policy_on_resume (`bool`, *optional*, defaults to `False`):
+            On `resume_from_checkpoint`, start the SAM policy afresh (statistics, generator, LookSAM direction) while
+            the counters continue. This is how a run continues under another policy, e.g. one trained with
+            `adamw_torch` continued with `aesam`.
+
     The default of `optim` changes from the stock `"adamw_torch_fused"` to `"aesam"`; its base optimizer defaults to
     `"adamw_torch"`.
     """
@@ -202,6 +209,13 @@ class AESAMConfig(TrainingArguments):
     sam_freeze_bn_stats: bool = field(
         default=True,
         metadata={"help": "Keep BatchNorm running statistics from being updated by the second pass of a SAM step."},
+    )
+    sam_reset_policy_on_resume: bool = field(
+        default=False,
+        metadata={
+            "help": "On resume, start the SAM policy afresh while the counters continue: how a run continues under "
+            "another policy (e.g. adamw_torch, then aesam)."
+        },
     )
 
     def __post_init__(self):

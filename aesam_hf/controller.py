@@ -181,7 +181,7 @@ class SAMController:
                 f"The gradient of optimizer step {self.record.step} is not finite (||g||² = {x}) and no loss scaler "
                 f"skips the step, so the {self.policy.name.value!r} policy cannot decide and the optimizer would "
                 "write inf/NaN into the weights. Look for the cause (too high a `learning_rate`, inf/NaN in the "
-                "inputs or the loss) and resume from the last checkpoint; fp16 with a GradScaler skips such steps."
+                "inputs or the loss); fp16 with a GradScaler skips such steps."
             )
         self.overflow_steps += 1
         self.record.overflow = True
@@ -228,15 +228,24 @@ class SAMController:
             apply_looksam_(grads, g_v, self.g_v_norm, self.looksam_alpha, x.sqrt() / inv_scale)
 
     def restore(self) -> None:
-        """Call after the second backward pass: restore w by copy and, for LookSAM policies, refresh g_v."""
+        """Call after the second backward pass: restore w by copy and, for LookSAM policies, refresh g_v.
+
+        The SAM gradient is checked once (one host sync per SAM step): with a loss scaler, a non-finite g_s is an
+        overflow step; without one, `FloatingPointError` is raised with the weights already back at the finite w.
+        """
         idx = self._restore_weights()
         inv_scale = 1.0 / self._grad_scale if self._grad_scale else 1.0
         sam_grads = [self.params[i].grad for i in idx]
-        if any(g is None for g in sam_grads):
+        missing = [i for i, g in zip(idx, sam_grads) if g is None]
+        if missing:
             raise RuntimeError(
-                "Some parameters got no gradient in the second SAM pass; it must run on the same batch."
+                f"{len(missing)} parameter tensor(s) got a gradient in the first pass of step {self.record.step} but "
+                "none in the second: the two passes ran different sub-networks. Run the second pass on the same "
+                "inputs with the random state of the first (`capture_rng` / `replay_rng`, as AESAMTrainer does); a "
+                "model that draws from Python's `random` or NumPy cannot be replayed this way."
             )
-        if self._grad_scale is not None and not torch.isfinite(grad_norm_sq(sam_grads, inv_scale)).item():
+        x_s = grad_norm_sq(sam_grads, inv_scale).item()
+        if not math.isfinite(x_s) and self._grad_scale is not None:
             # The second pass overflowed (fp16): the GradScaler skips the step, so it counts as an overflow step and
             # the decision's effect on the policy statistics is undone; g_v was never touched.
             self.policy.load_state_dict(self._policy_before)
@@ -245,6 +254,17 @@ class SAMController:
             self.overflow_steps += 1
             self.record = StepRecord(step=self.record.step, overflow=True)
             return
+        if not math.isfinite(x_s):
+            # fp32/bf16: nothing would skip the step. w is already restored (and finite if g was), so stop before the
+            # optimizer writes the non-finite g_s into it.
+            for i in idx:
+                self.params[i].grad = None
+            raise FloatingPointError(
+                f"The SAM gradient of optimizer step {self.record.step} (the second pass, at w + e) is not finite "
+                f"(||g_s||² = {x_s}) and no loss scaler skips the step; the weights are restored to w and the "
+                "optimizer did not step. Look for the cause (too large a `sam_rho` or `learning_rate`, a loss that "
+                "overflows near w)."
+            )
         if self.policy.reuses_direction:
             with torch.no_grad():
                 scratch = [self._g_scratch[i] for i in idx]
@@ -284,16 +304,28 @@ class SAMController:
             "policy_name": self.policy.name.value,
             "g_v": None if self.g_v is None else [g.detach().cpu() for g in self.g_v],
             "g_v_norm": None if self.g_v_norm is None else self.g_v_norm.detach().cpu(),
+            "settings": self.settings(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["policy_name"] != self.policy.name.value:
+    def settings(self) -> dict[str, Any]:
+        """The values the decisions depend on; saved with the state so that a resumed run can say what changed."""
+        policy = {k: getattr(self.policy, k) for k in self.policy.hparams}
+        return {"rho": self.rho, "adaptive": self.adaptive, "looksam_alpha": self.looksam_alpha, **policy}
+
+    def load_state_dict(self, state: dict[str, Any], policy_state: bool = True) -> None:
+        """Load the counters and, unless `policy_state=False`, the policy's statistics and the LookSAM direction.
+
+        `policy_state=False` continues the counters under a fresh policy, which may then be another one.
+        """
+        if policy_state and state["policy_name"] != self.policy.name.value:
             raise ValueError(
                 f"The checkpoint's SAM state is for policy {state['policy_name']!r}, this run uses "
-                f"{self.policy.name.value!r}; resume with the same `optim`."
+                f"{self.policy.name.value!r}; resume with the same `optim`, or start the policy afresh."
             )
         for key in ("t", "sam_steps", "decided_steps", "overflow_steps", "passes"):
             setattr(self, key, int(state[key]))
+        if not policy_state:
+            return
         self.policy.load_state_dict(state["policy"])
         if state["g_v"] is None:
             self.g_v, self.g_v_norm = None, None

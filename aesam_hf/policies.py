@@ -13,6 +13,7 @@ This module imports only `torch`, so hand-written training loops can use it with
 """
 
 import math
+import warnings
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -164,6 +165,14 @@ class AdaptivePolicy(SAMPolicy):
         check("lambda1", lambda1)
         check("lambda2", lambda2)
         check_total_steps(total_steps)
+        if lambda1 > lambda2:
+            # Valid, but not the paper's schedule: c_t then rises, so SAM steps get rarer as training goes on.
+            warnings.warn(
+                f"`lambda1` ({lambda1}) > `lambda2` ({lambda2}): the threshold coefficient c_t rises from lambda2 to "
+                "lambda1 over training, so SAM steps become rarer late in training, the opposite of AE-SAM's schedule.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.delta = delta
         self.lambda1 = lambda1
         self.lambda2 = lambda2

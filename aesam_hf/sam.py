@@ -127,3 +127,39 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m in layers:
             m.track_running_stats = True
+
+
+class RNGState(NamedTuple):
+    """The random state a forward pass draws from: the CPU generator and, on CUDA, the device's generator."""
+
+    cpu: Tensor
+    device: torch.device
+    accelerator: Tensor | None  # the CUDA generator state of `device`; None on the CPU
+
+
+def capture_rng(device: torch.device) -> RNGState:
+    """The random state now, to replay it for the second pass of a SAM step (`replay_rng`).
+
+    Costs a copy of a few kilobytes on the host and no device synchronisation.
+    """
+    device = torch.device(device)
+    accelerator = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return RNGState(torch.get_rng_state(), device, accelerator)
+
+
+@contextlib.contextmanager
+def replay_rng(state: RNGState) -> Iterator[None]:
+    """Inside the block, draw the same random numbers as after `state` was captured; afterwards, go on as before.
+
+    [choice] The second pass of a SAM step must see the sub-network the first pass saw: the same dropout masks, the
+    same LayerDrop / stochastic-depth layers, the same routed experts. Otherwise g_s is the gradient of another
+    function, and parameters of a layer dropped only in one pass get a gradient in only one. Replaying the first
+    pass's random state makes the two passes draw the same numbers; restoring the state afterwards leaves the run's
+    random stream where the first pass left it, so later steps draw what they would have drawn without SAM.
+    """
+    cuda = state.accelerator is not None
+    with torch.random.fork_rng(devices=[state.device] if cuda else [], device_type="cuda"):
+        torch.set_rng_state(state.cpu)
+        if cuda:
+            torch.cuda.set_rng_state(state.accelerator, state.device)
+        yield

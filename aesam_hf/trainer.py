@@ -23,15 +23,16 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
-from .config import HPARAM_FIELDS, AESAMConfig, refuse_sharded_backend
+from .checkpoint import SAM_STATE_NAME, read_state, resume
+from .config import AESAMConfig, refuse_sharded_backend
 from .controller import SAMController, StepRecord
+from .model_card import add_card_section, card_section
 from .policies import POLICIES, make_policy
-from .sam import frozen_running_stats
+from .sam import capture_rng, frozen_running_stats, replay_rng
 
 
 logger = logging.get_logger(__name__)
 
-SAM_STATE_NAME = "sam_state.pt"
 _TAG = "aesam"
 
 # The SAM state travels with the optimizer's through these two Trainer hooks; `docs/architecture.md` ("Checkpoints")
@@ -44,14 +45,23 @@ for _hook in ("_save_optimizer_and_scheduler", "_load_optimizer_and_scheduler"):
         )
 
 
-class _SAMTrainBeginCallback(TrainerCallback):
-    """Builds the controller when `train()` starts: only then are `max_steps` (T) and a resumed state known."""
+class _SAMCallback(TrainerCallback):
+    """Builds the controller when `train()` starts, and keeps non-finite weights out of checkpoints."""
 
     def __init__(self, trainer: "AESAMTrainerMixin"):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # Only now are `max_steps` (T) and a resumed state known.
         self.trainer._sam_begin_training(state.max_steps, state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Runs after the stock flow callback decided to save, before the checkpoint is written.
+        if control.should_save:
+            self.trainer._sam_check_weights(f"checkpoint-{state.global_step} is not written")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._sam_check_weights("training ends here")
 
 
 class AESAMTrainerMixin:
@@ -100,9 +110,11 @@ class AESAMTrainerMixin:
             )
         self._sam_controller: SAMController | None = None
         self._sam_resume_state: dict[str, Any] | None = None
-        self._sam_micro_batches: list[tuple[Any, Any]] = []
+        self._sam_checkpoint: str | None = None  # the last checkpoint saved or resumed from: finite weights
+        self._sam_user_optimizer = self.optimizer is not None or self.optimizer_cls_and_kwargs is not None
+        self._sam_micro_batches: list[tuple[Any, Any, Any]] = []  # (inputs, num_items_in_batch, RNG state)
         self._sam_records: list[StepRecord] = []  # the steps since the last log
-        self.add_callback(_SAMTrainBeginCallback(self))
+        self.add_callback(_SAMCallback(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._sam_model_tags)
 
@@ -133,17 +145,8 @@ class AESAMTrainerMixin:
             looksam_alpha=hp["looksam_alpha"],
             broadcast_grad_norm=args.world_size > 1,
         )
-        if self._sam_resume_state is not None:
-            self._sam_controller.load_state_dict(self._sam_resume_state)
-            self._sam_resume_state = None
-        if self._sam_controller.t != global_step:
-            # A checkpoint without SAM state (the stock Trainer's, or `save_only_model`): keep the step index in line
-            # with the Trainer so that c_t and the periodic schedule are right; the statistics start afresh.
-            logger.warning(
-                f"Resuming at step {global_step} without {SAM_STATE_NAME} in the checkpoint: the SAM policy's "
-                "statistics and counters start afresh, so decisions differ from an uninterrupted run."
-            )
-            self._sam_controller.t = global_step
+        state, self._sam_resume_state = self._sam_resume_state, None
+        resume(self._sam_controller, state, global_step, self._sam_checkpoint, args.sam_reset_policy_on_resume)
         self._sam_micro_batches = []
         self._sam_records = []
 
@@ -157,34 +160,65 @@ class AESAMTrainerMixin:
         if controller is None:  # training_step called outside train()
             return super().training_step(model, inputs, num_items_in_batch)
         if controller.policy.can_sam:
-            # Keep every micro-batch of the step: a SAM step re-runs all of them at w + e. The Trainer has already
-            # prefetched them all for this step, so this holds references, not copies of the data.
-            self._sam_micro_batches.append((copy.copy(inputs), num_items_in_batch))
+            # Keep every micro-batch of the step, with the random state its pass starts from: a SAM step re-runs all
+            # of them at w + e on the same sub-network. The Trainer has already prefetched them for this step, so
+            # this holds references, not copies of the data.
+            rng = capture_rng(self.args.device)
+            self._sam_micro_batches.append((copy.copy(inputs), num_items_in_batch, rng))
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not self.accelerator.sync_gradients:
             return loss  # not the last micro-batch: the step's gradient is not complete yet
 
         micro_batches, self._sam_micro_batches = self._sam_micro_batches, []
+        try:
+            self._sam_step(model, controller, micro_batches)
+        except FloatingPointError as err:
+            # Stop before the optimizer step, and before any later checkpoint: say where a clean resume starts.
+            raise FloatingPointError(f"{err} {self._sam_resume_hint()}") from None
+        self._sam_records.append(controller.record)
+        return loss
+
+    def _sam_step(self, model: nn.Module, controller: SAMController, micro_batches: list) -> None:
+        """After the last micro-batch: decide, and on a SAM step re-run every micro-batch at w + e."""
         scaler = self.accelerator.scaler
         # `get_scale()` reads the scale on the host: only a policy that can take a SAM step needs it.
         scaled = controller.policy.can_sam and scaler is not None and scaler.is_enabled()
-        if controller.maybe_perturb(grad_scale=scaler.get_scale() if scaled else None):
-            freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
-            try:
-                with freeze:
-                    for i, (mb_inputs, mb_items) in enumerate(micro_batches):
-                        # As in the stock loop: DDP all-reduces once, on the last micro-batch of the pass.
-                        last = i == len(micro_batches) - 1
-                        no_sync = functools.partial(self.accelerator.no_sync, model=model)
-                        with contextlib.nullcontext() if last else no_sync():
-                            super().training_step(model, mb_inputs, mb_items)
-            except BaseException:
-                # e.g. out of memory with `auto_find_batch_size`: the retry must start from w, not w + e.
-                controller.abort()
-                raise
-            controller.restore()
-        self._sam_records.append(controller.record)
-        return loss
+        if not controller.maybe_perturb(grad_scale=scaler.get_scale() if scaled else None):
+            return
+        freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
+        no_sync = functools.partial(self.accelerator.no_sync, model=model)
+        try:
+            with freeze:
+                for i, (mb_inputs, mb_items, rng) in enumerate(micro_batches):
+                    # As in the stock loop: DDP all-reduces once, on the last micro-batch of the pass.
+                    last = i == len(micro_batches) - 1
+                    with contextlib.nullcontext() if last else no_sync(), replay_rng(rng):
+                        super().training_step(model, mb_inputs, mb_items)
+        except BaseException:
+            # e.g. out of memory with `auto_find_batch_size`: the retry must start from w, not w + e.
+            controller.abort()
+            raise
+        controller.restore()
+
+    def _sam_resume_hint(self) -> str:
+        if self._sam_checkpoint is None:
+            return "No checkpoint was saved before this step."
+        return f"The last checkpoint, `{self._sam_checkpoint}`, holds finite weights: resume from it once fixed."
+
+    def _sam_check_weights(self, consequence: str) -> None:
+        """Raise rather than let non-finite weights reach a checkpoint or the caller (one host sync)."""
+        controller = self._sam_controller
+        if controller is None or not controller.policy.can_sam:
+            return  # `erm` and stock optimizer names behave exactly as the stock Trainer does
+        with torch.no_grad():
+            norms = torch._foreach_norm(controller.params, 2)
+            if bool(torch.isfinite(torch.stack(norms)).all()):
+                return
+        raise FloatingPointError(
+            f"The weights after optimizer step {controller.t} are not finite, so {consequence}: a gradient with "
+            f"inf/NaN reached the optimizer on a step the {controller.policy.name.value!r} policy did not check (its "
+            "non-SAM steps are plain ERM steps, as in the stock Trainer). " + self._sam_resume_hint()
+        )
 
     # ---- logging ----
 
@@ -208,15 +242,14 @@ class AESAMTrainerMixin:
         # Identical on every rank, so one copy written by the main process is enough.
         if self._sam_controller is not None and self.args.should_save:
             torch.save(self._sam_controller.state_dict(), os.path.join(output_dir, SAM_STATE_NAME))
+        self._sam_checkpoint = output_dir
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, SAM_STATE_NAME)
-        if os.path.isfile(path):
-            # Applied by `_sam_begin_training`, which runs right after this when the controller exists.
-            self._sam_resume_state = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint is not None:
+            # Applied by `_sam_begin_training`, which runs right after this.
+            self._sam_resume_state = read_state(checkpoint)
+            self._sam_checkpoint = checkpoint
 
     # ---- model card ----
 
@@ -226,45 +259,18 @@ class AESAMTrainerMixin:
             if tag not in tags:
                 tags.append(tag)
         super().create_model_card(*args, tags=tags, **kwargs)
-        path = os.path.join(self.args.output_dir, "README.md")
-        if not self.is_world_process_zero() or not os.path.isfile(path):
-            return
-        # The stock card names the optimizer only as `args.optim`; say what the policy did, and at what cost.
-        with open(path, encoding="utf-8") as f:
-            card = f.read()
-        section = self._sam_model_card_section()
-        anchor = "### Framework versions"
-        card = card.replace(anchor, f"{section}\n{anchor}", 1) if anchor in card else f"{card.rstrip()}\n\n{section}"
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(card)
+        if self.is_world_process_zero():
+            section = card_section(self.args, self._sam_controller, self._sam_optimizer_name())
+            add_card_section(os.path.join(self.args.output_dir, "README.md"), section)
 
-    def _sam_model_card_section(self) -> str:
-        args = self.args
-        policy = args.sam_policy.value
-        lines = [
-            "### Sharpness-aware training",
-            "",
-            f"Trained with aesam_hf's `{policy}` policy ([AE-SAM paper](https://huggingface.co/papers/2304.14647)) "
-            f"on top of the `{args.sam_base_optim}` optimizer.",
-            "",
-        ]
-        if POLICIES[args.sam_policy].can_sam:
-            lines.append(f"- SAM radius rho: {args.sam_rho:g}{' (ASAM, adaptive)' if args.sam_adaptive else ''}")
-            fields = [HPARAM_FIELDS[k] for k in POLICIES[args.sam_policy].hparams if k in HPARAM_FIELDS]
-            if fields:
-                lines.append(f"- policy hyper-parameters: {', '.join(f'{f}={getattr(args, f):g}' for f in fields)}")
-        controller = self._sam_controller
-        if controller is not None and controller.t > 0:
-            steps = controller.decided_steps
-            lines += [
-                f"- SAM fraction: {controller.sam_fraction:.3f} (SAM on {controller.sam_steps} of {steps} optimizer "
-                f"steps)",
-                f"- forward/backward passes: {controller.passes} ({controller.passes / max(1, controller.t):.2f} per "
-                "step; plain training takes 1)",
-            ]
-            if controller.overflow_steps:
-                lines.append(f"- fp16 overflow steps skipped: {controller.overflow_steps}")
-        return "\n".join(lines) + "\n"
+    def _sam_optimizer_name(self) -> str:
+        """The optimizer that took the steps: the one the user passed, or the stock one `sam_base_optim` names."""
+        if not self._sam_user_optimizer:
+            return self.args.sam_base_optim
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # unwrap accelerate's AcceleratedOptimizer
+        if optimizer is None:
+            return self.optimizer_cls_and_kwargs[0].__name__
+        return f"{type(optimizer).__module__}.{type(optimizer).__name__}"
 
 
 class AESAMTrainer(AESAMTrainerMixin, Trainer):

@@ -60,20 +60,8 @@ def test_a_sam_step_synchronises_gradients_once_per_pass(tmp_path, ga_steps):
 
     `periodic` with k=2 alternates SAM and ERM steps; a DDP comm hook counts the all-reduce rounds of each step.
     """
-    args = TRAIN_ARGS + [
-        "--output_dir",
-        tmp_path,
-        "--optim",
-        "periodic",
-        "--sam_interval",
-        "2",
-        "--max_steps",
-        "4",
-        "--gradient_accumulation_steps",
-        ga_steps,
-        "--test_count_allreduce",
-        "true",
-    ]
+    flags = f"--optim periodic --sam_interval 2 --max_steps 4 --gradient_accumulation_steps {ga_steps}"
+    args = TRAIN_ARGS + ["--output_dir", tmp_path] + flags.split() + ["--test_count_allreduce", "true"]
     job = torchrun(TRAIN, args, timeout=120)
     assert job.returncode == 0, job.output[-3000:]
     for rank in load_ranks(tmp_path):

@@ -70,23 +70,8 @@ def test_killed_job_resumes_with_the_same_decisions_and_weights(tmp_path, optim)
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_fp16_non_finite_loss_on_one_rank_is_an_overflow_step_on_every_rank(tmp_path, value):
     """Rank 1 alone plants inf/NaN in the loss of step 3; DDP's all-reduce spreads it, and both ranks skip the step."""
-    args = TRAIN_ARGS + [
-        "--output_dir",
-        tmp_path,
-        "--optim",
-        "aelooksam",
-        "--fp16",
-        "--max_steps",
-        "6",
-        "--save_strategy",
-        "no",
-        "--test_loss_factor_step",
-        "3",
-        "--test_loss_factor",
-        value,
-        "--test_loss_factor_rank",
-        "1",
-    ]
+    flags = f"--optim aelooksam --fp16 --max_steps 6 --save_strategy no --test_loss_factor_step 3 --test_loss_factor {value}"
+    args = TRAIN_ARGS + ["--output_dir", tmp_path] + flags.split() + ["--test_loss_factor_rank", "1"]
     job = torchrun(TRAIN, args, timeout=120)
     assert job.returncode == 0, job.output[-3000:]
     ranks = load_ranks(tmp_path)
@@ -109,22 +94,8 @@ def test_fp16_non_finite_loss_on_one_rank_is_an_overflow_step_on_every_rank(tmp_
 @pytest.mark.parametrize("precision", [[], ["--bf16"]], ids=["fp32", "bf16"])
 def test_nan_loss_without_a_loss_scaler_stops_every_rank_with_a_clear_error(tmp_path, precision):
     """No scaler would skip the step: the adaptive policy raises on both ranks at once (x is rank 0's value)."""
-    args = (
-        TRAIN_ARGS
-        + precision
-        + [
-            "--output_dir",
-            tmp_path,
-            "--optim",
-            "aesam",
-            "--max_steps",
-            "6",
-            "--save_strategy",
-            "no",
-            "--test_loss_factor_step",
-            "3",
-        ]
-    )
+    flags = "--optim aesam --max_steps 6 --save_strategy no --test_loss_factor_step 3"
+    args = TRAIN_ARGS + precision + ["--output_dir", tmp_path] + flags.split()
     started = time.monotonic()
     job = torchrun(TRAIN, args, timeout=120)
     assert job.returncode != 0
@@ -136,48 +107,20 @@ def test_nan_loss_without_a_loss_scaler_stops_every_rank_with_a_clear_error(tmp_
 
 
 @pytest.mark.distributed
-def test_nan_loss_with_a_policy_that_never_reads_the_norm_trains_on_as_the_trainer_does(tmp_path):
-    """`sam` decides without x (no host sync per step): the Trainer's usual behaviour, NaN weights, on both ranks."""
-    args = TRAIN_ARGS + [
-        "--output_dir",
-        tmp_path,
-        "--optim",
-        "sam",
-        "--max_steps",
-        "6",
-        "--save_strategy",
-        "no",
-        "--test_loss_factor_step",
-        "3",
-    ]
-    job = torchrun(TRAIN, args, timeout=120)
-    assert job.returncode == 0, job.output[-3000:]
-    ranks = load_ranks(tmp_path)
-    assert [log["sam/fraction"] for log in ranks[0]["logs"]] == [log["sam/fraction"] for log in ranks[1]["logs"]]
-    for rank in ranks:
-        assert all(torch.isfinite(p).all() for p in rank["snapshots"][2]["params"].values())
-        assert not all(torch.isfinite(p).all() for p in rank["params"].values())
+def test_nan_loss_with_a_policy_that_never_reads_the_norm_stops_at_the_second_pass_on_every_rank(tmp_path):
+    """`sam` decides without x, but the SAM gradient is checked once per SAM step: both ranks stop, weights finite."""
+    args = TRAIN_ARGS + ["--output_dir", tmp_path] + "--optim sam --max_steps 6 --save_strategy no".split()
+    job = torchrun(TRAIN, args + ["--test_loss_factor_step", "3"], timeout=120)
+    assert job.returncode != 0
+    message = "FloatingPointError: The SAM gradient of optimizer step 3 (the second pass, at w + e) is not finite"
+    assert job.output.count(message) == 2, job.output[-3000:]
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("how", ["exit", "raise"])
 def test_a_rank_that_dies_ends_the_job_with_a_clear_message(tmp_path, how):
-    args = TRAIN_ARGS + [
-        "--output_dir",
-        tmp_path,
-        "--optim",
-        "aesam",
-        "--max_steps",
-        "8",
-        "--save_strategy",
-        "no",
-        "--test_die_step",
-        "3",
-        "--test_die_rank",
-        "1",
-        "--test_die_how",
-        how,
-    ]
+    flags = f"--optim aesam --max_steps 8 --save_strategy no --test_die_step 3 --test_die_rank 1 --test_die_how {how}"
+    args = TRAIN_ARGS + ["--output_dir", tmp_path] + flags.split()
     started = time.monotonic()
     job = torchrun(TRAIN, args, timeout=120)  # raises TimeoutError if rank 0 is left hanging in a collective
     elapsed = time.monotonic() - started

@@ -1,0 +1,91 @@
+"""The SAM state in a checkpoint (`sam_state.pt`) and how a run resumes from it.
+
+The state travels with the optimizer's (`AESAMTrainerMixin` writes and reads it in the Trainer's optimizer hooks;
+`docs/architecture.md`, "Checkpoints", says why). Resuming must keep the counters consistent with the Trainer's step
+in every case, and say what differs from an uninterrupted run: `docs/algorithm.md`, "Rules every policy obeys".
+"""
+
+import os
+from typing import Any
+
+import torch
+from transformers.utils import logging
+
+from .config import HPARAM_FIELDS
+from .controller import SAMController
+
+
+logger = logging.get_logger(__name__)
+
+SAM_STATE_NAME = "sam_state.pt"
+_REQUIRED = ("t", "sam_steps", "decided_steps", "overflow_steps", "passes", "policy", "policy_name", "g_v")
+# Controller settings (`SAMController.settings`) -> the config field a user changes.
+_SETTING_FIELDS = {**HPARAM_FIELDS, "total_steps": "max_steps", "seed": "seed"}
+_FRESH_FLAG = "sam_reset_policy_on_resume"
+
+
+def read_state(checkpoint: str) -> dict[str, Any] | None:
+    """The SAM state saved in `checkpoint`, or None if it has none; a file that cannot be used is an error naming it."""
+    path = os.path.join(checkpoint, SAM_STATE_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, empty, random bytes, a pickle of something else
+        state, reason = None, f"it cannot be loaded ({type(err).__name__})"
+    else:
+        missing = [k for k in _REQUIRED if not isinstance(state, dict) or k not in state]
+        reason = f"it lacks {missing}" if missing else None
+    if reason is not None:
+        raise ValueError(
+            f"`{path}` is not a usable SAM state: {reason}, so the file is corrupt or was not written by aesam_hf. "
+            f"Resume from another checkpoint, or delete the file to resume with a fresh policy (the counters then "
+            "take the earlier steps as plain ERM steps)."
+        )
+    return state
+
+
+def resume(
+    controller: SAMController, state: dict[str, Any] | None, global_step: int, checkpoint: str | None, fresh: bool
+) -> None:
+    """Bring a new controller to the Trainer's `global_step` from the checkpoint's `state` (None: it had none).
+
+    `fresh` (`sam_reset_policy_on_resume`) keeps the counters but starts the policy afresh, which is how a run
+    continues under another policy.
+    """
+    where = f"`{checkpoint}`" if checkpoint else "the checkpoint"
+    if state is None:
+        if global_step > 0:
+            # A stock Trainer checkpoint, `save_only_model`, or a deleted file. Counting the earlier steps as ERM
+            # steps is exact for the first (a run continued under a SAM policy) and keeps t == global_step always.
+            controller.t = controller.decided_steps = controller.passes = global_step
+            logger.warning(
+                f"Resuming at step {global_step} from {where}, which holds no {SAM_STATE_NAME} (a stock Trainer "
+                f"checkpoint, or one saved with `save_only_model`): the {controller.policy.name.value!r} policy starts "
+                f"afresh, and the counters (SAM fraction, passes) take the {global_step} earlier steps as plain ERM "
+                "steps, 1 pass each."
+            )
+        return
+    if int(state["t"]) != global_step:
+        raise ValueError(
+            f"The {SAM_STATE_NAME} in {where} is from optimizer step {state['t']}, but the checkpoint is at step "
+            f"{global_step}: the file belongs to another checkpoint. Resume from the checkpoint it was saved with, "
+            "or delete it to resume with a fresh policy."
+        )
+    saved, current = state["policy_name"], controller.policy.name.value
+    if saved != current and not fresh:
+        raise ValueError(
+            f"{where} was trained with the {saved!r} policy and this run uses {current!r}. To continue it under "
+            f"{current!r} with fresh statistics (the counters continue), pass `--{_FRESH_FLAG} true`; to resume it "
+            f"as it was, pass `--optim {saved}`."
+        )
+    controller.load_state_dict(state, policy_state=not fresh)
+    if fresh:
+        logger.warning(f"Resuming at step {global_step} under {current!r} (was {saved!r}) with fresh statistics.")
+    old, new = state.get("settings", {}), controller.settings()
+    changes = [f"{_SETTING_FIELDS.get(k, k)} {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]]
+    if changes:
+        logger.warning(
+            f"Resuming from {where} with changed SAM settings ({', '.join(changes)}): the decisions from here on "
+            "differ from those of an uninterrupted run."
+        )
