@@ -34,55 +34,6 @@ def test_stock_optimizer_means_erm_with_that_optimizer(tmp_path):
     assert args.sam_base_optim == "sgd"
 
 
-@pytest.mark.parametrize(
-    "kwargs, argument",
-    [
-        ({"optim": "adam_sam"}, "optim"),
-        ({"sam_base_optim": "aesam"}, "sam_base_optim"),
-        ({"sam_base_optim": "not_an_optimizer"}, "sam_base_optim"),
-        ({"optim": "sam", "sam_base_optim": "lomo"}, "sam_base_optim"),
-        ({"sam_rho": -0.01}, "sam_rho"),
-        ({"sam_rho": float("inf")}, "sam_rho"),
-        ({"looksam_alpha": float("inf")}, "looksam_alpha"),
-        ({"aesam_delta": 1.0}, "aesam_delta"),
-        ({"aesam_delta": 0.0}, "aesam_delta"),
-        ({"aesam_delta": -0.5}, "aesam_delta"),
-        ({"sam_probability": 1.01}, "sam_probability"),
-        ({"sam_probability": -0.1}, "sam_probability"),
-        ({"sam_interval": 0}, "sam_interval"),
-        ({"aesam_lambda1": float("inf")}, "aesam_lambda1"),
-        ({"looksam_alpha": -0.5}, "looksam_alpha"),
-        ({"deepspeed": {"zero_optimization": {"stage": 2}}}, "deepspeed"),
-        ({"fsdp": "full_shard"}, "fsdp"),
-    ],
-)
-def test_bad_values_raise_naming_the_argument_and_value(tmp_path, kwargs, argument):
-    with pytest.raises(ValueError, match=f"`{argument}`") as err:
-        _config(tmp_path, **kwargs)
-    shown = next(iter(kwargs.values())) if argument != "sam_base_optim" else kwargs["sam_base_optim"]
-    if not isinstance(shown, dict):
-        assert str(shown) in str(err.value) or repr(shown) in str(err.value)
-
-
-@pytest.mark.parametrize(
-    "variable, backend", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")]
-)
-def test_sharding_backend_from_an_accelerate_config_is_refused(tmp_path, monkeypatch, variable, backend):
-    # `accelerate launch` with such a config sets only the environment, not `fsdp`/`deepspeed`.
-    monkeypatch.setenv(variable, "true")
-    with pytest.raises(ValueError, match=f"`distributed_type: {backend}` in the accelerate config") as err:
-        _config(tmp_path)
-    assert "MULTI_GPU" in str(err.value)
-    monkeypatch.setenv(variable, "false")
-    _config(tmp_path)
-
-
-def test_unknown_optim_lists_the_allowed_names(tmp_path):
-    with pytest.raises(ValueError, match="aelooksam") as err:
-        _config(tmp_path, optim="adam_sam")
-    assert "adamw_torch" in str(err.value)
-
-
 def test_cli_and_json_give_the_same_config(tmp_path):
     flags = [
         "--output_dir",
@@ -119,11 +70,6 @@ def test_cli_and_json_give_the_same_config(tmp_path):
         assert (args.optim, args.sam_rho, args.aesam_delta, args.sam_base_optim) == ("aelooksam", 0.1, 0.95, "sgd")
 
 
-def test_cli_rejects_an_unknown_policy(tmp_path):
-    with pytest.raises(SystemExit):
-        HfArgumentParser(AESAMConfig).parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--optim", "nope"])
-
-
 def test_help_parses():
     # argparse formats every help string with %: a stray % in a field's help crashes `--help`.
     code = "from transformers import HfArgumentParser; from aesam_hf import AESAMConfig; HfArgumentParser(AESAMConfig).parse_args(['--help'])"
@@ -141,11 +87,6 @@ def test_set_optimizer_accepts_policies_and_stock_names(tmp_path):
     assert (args.optim, args.sam_base_optim, args.sam_policy) == ("adamw_torch", "adamw_torch", SAMPolicyName.ERM)
     with pytest.raises(ValueError, match="`name`"):
         args.set_optimizer("nope")
-
-
-def test_lomo_only_as_a_stock_optim(tmp_path):
-    with pytest.raises(ValueError, match="optim='lomo'"):
-        _config(tmp_path, optim="erm", sam_base_optim="lomo")
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES + ("adamw_torch", "sgd"))

@@ -90,21 +90,3 @@ def test_adaptive_defaults_fire_on_about_half_the_steps():
     xs = (1.0 + 0.2 * torch.randn(T, generator=gen, dtype=torch.float64)).tolist()
     fraction = sum(policy.decide(t, x) for t, x in enumerate(xs)) / T
     assert 0.4 < fraction < 0.6
-
-
-@pytest.mark.parametrize(
-    "kwargs, argument",
-    [
-        ({"name": "aesam", "delta": 1.0, "total_steps": 10}, "delta"),
-        ({"name": "aesam", "delta": 0.0, "total_steps": 10}, "delta"),
-        ({"name": "aesam", "total_steps": None}, "total_steps"),
-        ({"name": "aelooksam", "total_steps": 0}, "total_steps"),
-        ({"name": "aesam", "lambda1": float("nan"), "total_steps": 10}, "lambda1"),
-        ({"name": "random", "probability": 1.5}, "probability"),
-        ({"name": "periodic", "interval": 0}, "interval"),
-        ({"name": "looksam", "interval": -2}, "interval"),
-    ],
-)
-def test_bad_hyperparameters_name_the_argument(kwargs, argument):
-    with pytest.raises(ValueError, match=f"`{argument}`"):
-        make_policy(**kwargs)

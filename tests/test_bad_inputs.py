@@ -1,0 +1,142 @@
+"""Bad input: each is refused before training starts, with a `ValueError` that names the argument and its value.
+
+Grows with the project; docs/reliability.md counts the cases. Faults during training are in test_faults.py.
+"""
+
+import pytest
+import torch
+from torch import nn
+from transformers import HfArgumentParser
+
+from aesam_hf import AESAMConfig, SAMController, make_policy
+from aesam_hf.hparams import check
+
+
+def _config(tmp_path, **kwargs):
+    return AESAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kwargs)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"optim": "adam_sam"}, "optim"),
+        ({"sam_base_optim": "aesam"}, "sam_base_optim"),
+        ({"sam_base_optim": "not_an_optimizer"}, "sam_base_optim"),
+        ({"optim": "sam", "sam_base_optim": "lomo"}, "sam_base_optim"),
+        ({"sam_rho": -0.01}, "sam_rho"),
+        ({"sam_rho": float("inf")}, "sam_rho"),
+        ({"looksam_alpha": float("inf")}, "looksam_alpha"),
+        ({"aesam_delta": 1.0}, "aesam_delta"),
+        ({"aesam_delta": 0.0}, "aesam_delta"),
+        ({"aesam_delta": -0.5}, "aesam_delta"),
+        ({"sam_probability": 1.01}, "sam_probability"),
+        ({"sam_probability": -0.1}, "sam_probability"),
+        ({"sam_interval": 0}, "sam_interval"),
+        ({"aesam_lambda1": float("inf")}, "aesam_lambda1"),
+        ({"looksam_alpha": -0.5}, "looksam_alpha"),
+        ({"deepspeed": {"zero_optimization": {"stage": 2}}}, "deepspeed"),
+        ({"fsdp": "full_shard"}, "fsdp"),
+    ],
+)
+def test_bad_values_raise_naming_the_argument_and_value(tmp_path, kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`") as err:
+        _config(tmp_path, **kwargs)
+    shown = next(iter(kwargs.values())) if argument != "sam_base_optim" else kwargs["sam_base_optim"]
+    if not isinstance(shown, dict):
+        assert str(shown) in str(err.value) or repr(shown) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "variable, backend", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")]
+)
+def test_sharding_backend_from_an_accelerate_config_is_refused(tmp_path, monkeypatch, variable, backend):
+    # `accelerate launch` with such a config sets only the environment, not `fsdp`/`deepspeed`.
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ValueError, match=f"`distributed_type: {backend}` in the accelerate config") as err:
+        _config(tmp_path)
+    assert "MULTI_GPU" in str(err.value)
+    monkeypatch.setenv(variable, "false")
+    _config(tmp_path)
+
+
+def test_unknown_optim_lists_the_allowed_names(tmp_path):
+    with pytest.raises(ValueError, match="aelooksam") as err:
+        _config(tmp_path, optim="adam_sam")
+    assert "adamw_torch" in str(err.value)
+
+
+def test_lomo_only_as_a_stock_optim(tmp_path):
+    with pytest.raises(ValueError, match="optim='lomo'"):
+        _config(tmp_path, optim="erm", sam_base_optim="lomo")
+
+
+def test_cli_rejects_an_unknown_policy(tmp_path):
+    with pytest.raises(SystemExit):
+        HfArgumentParser(AESAMConfig).parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--optim", "nope"])
+
+
+@pytest.mark.parametrize(
+    "hparam, value",
+    [
+        ("rho", float("inf")),
+        ("rho", float("nan")),
+        ("rho", -1.0),
+        ("looksam_alpha", float("inf")),
+        ("looksam_alpha", -0.1),
+        ("interval", 0),
+        ("interval", 2.5),
+        ("interval", True),
+        ("probability", 1.5),
+        ("delta", 1.0),
+        ("lambda1", float("-inf")),
+        ("lambda2", float("nan")),
+        ("adaptive", "yes"),
+    ],
+)
+def test_a_broken_rule_names_the_argument_as_the_caller_spelled_it(hparam, value):
+    with pytest.raises(ValueError, match="`sam_whatever`"):
+        check(hparam, value, "sam_whatever")
+    with pytest.raises(ValueError, match=f"`{hparam}`"):
+        check(hparam, value)
+
+
+def test_non_finite_radius_and_alpha_are_refused_by_the_controller():
+    params = nn.Linear(2, 1).parameters()
+    with pytest.raises(ValueError, match="`rho`"):
+        SAMController(params, make_policy("sam"), rho=float("inf"))
+    with pytest.raises(ValueError, match="`alpha`"):
+        SAMController(nn.Linear(2, 1).parameters(), make_policy("looksam"), looksam_alpha=float("inf"))
+    assert SAMController([nn.Parameter(torch.ones(2))], make_policy("sam"), rho=0.0).rho == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"name": "aesam", "delta": 1.0, "total_steps": 10}, "delta"),
+        ({"name": "aesam", "delta": 0.0, "total_steps": 10}, "delta"),
+        ({"name": "aesam", "total_steps": None}, "total_steps"),
+        ({"name": "aelooksam", "total_steps": 0}, "total_steps"),
+        ({"name": "aesam", "lambda1": float("nan"), "total_steps": 10}, "lambda1"),
+        ({"name": "random", "probability": 1.5}, "probability"),
+        ({"name": "periodic", "interval": 0}, "interval"),
+        ({"name": "looksam", "interval": -2}, "interval"),
+    ],
+)
+def test_bad_hyperparameters_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        make_policy(**kwargs)
+
+
+def test_controller_rejects_bad_arguments():
+    model = _model()
+    with pytest.raises(ValueError, match="`rho`"):
+        SAMController(model.parameters(), make_policy("sam"), rho=-0.1)
+    with pytest.raises(ValueError, match="`alpha`"):
+        SAMController(model.parameters(), make_policy("looksam"), looksam_alpha=-1)
+    with pytest.raises(ValueError, match="params"):
+        SAMController([nn.Parameter(torch.zeros(2), requires_grad=False)], make_policy("sam"))
