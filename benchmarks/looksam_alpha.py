@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
             "sam_steps": len(ratios),
             **{f"{name}_quartiles": quartiles([x[name] for x in ratios]) for name in RATIO_KEYS.values()},
         }
+        seeds = ", ".join(f"{100 * a:.2f}" for a in accuracies)
+        median = r["gv_over_g_quartiles"][1]
         print(
-            f"  alpha {alpha:g}: validation {100 * r['mean']:.2f}% (seeds {', '.join(f'{100 * a:.2f}' for a in accuracies)}); "
-            f"median ||g_v||/||g|| {r['gv_over_g_quartiles'][1]:.3f}",
-            flush=True,
+            f"  alpha {alpha:g}: validation {100 * r['mean']:.2f}% (seeds {seeds}); median ||g_v||/||g|| {median:.3f}"
         )
     lines = [
         "| α | validation accuracy (%) | ‖g_v‖/‖g‖ at SAM steps: median [IQR] | ‖g_s − g‖/‖g‖ | cos(g_s, g) | "

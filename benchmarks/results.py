@@ -37,7 +37,7 @@ def summarize(rows: list[dict], policies: list[str], metric: str) -> list[dict]:
 
 
 def markdown_table(summary: list[dict], metric: str, baseline: str | None) -> str:
-    """One row per policy: score (%), SAM fraction, passes, passes per step, train time and its ratio to the baseline."""
+    """One row per policy: score (%), SAM fraction, passes (per step), train time and its ratio to the baseline."""
 
     def fmt(pair, spec, scale=1.0):
         mean, std = pair

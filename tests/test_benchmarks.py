@@ -37,7 +37,7 @@ def run(module: str, *args) -> subprocess.CompletedProcess:
 
 
 def library_logs_looksam_ratios(tmp_path) -> bool:
-    """Whether the installed aesam_hf logs the LookSAM ratios the α study reads (a LookSAM run's first step is SAM)."""
+    """Whether the installed aesam_hf logs the LookSAM ratios the α study reads (LookSAM's first step is SAM)."""
     trainer = get_trainer(tmp_path, optim="looksam", max_steps=1)
     trainer.train()
     return any(key in h for h in trainer.state.log_history for key in looksam_alpha.RATIO_KEYS)
