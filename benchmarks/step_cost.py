@@ -15,9 +15,10 @@ The `vit4` workload (a 4-layer ViT with 4x4 patches, batch 64, the default `max_
 question 2 alone, against a noise floor: the stock `Trainer` with `adamw_torch` timed twice per round, so that the
 `erm` / stock ratio can be read against what stock / stock gives on the same machine.
 
-Every variant is a fresh `trainer.train()` from the same weights on the same batches. Variants are interleaved: each
-round runs all of them once, in a rotated order, so that drift in machine speed hits them alike. A step's time is
-its median over all rounds (warm-up steps dropped); the spread is the range of the per-round ratios.
+Every variant is a fresh `trainer.train()` from the same weights on the same batches, after one untimed warm-up run.
+Variants are interleaved: each round runs all of them once, in a rotated order, so that drift in machine speed hits
+them alike. A step's time is its median over all rounds (warm-up steps dropped); the spread is the range of the
+per-round ratios.
 
     python -m benchmarks.step_cost                      # all workloads, ~12 minutes on 2 cores
     python -m benchmarks.step_cost --workloads vit --rounds 3
@@ -128,6 +129,9 @@ def measure(name: str, args: StepCostArguments) -> dict:
     fractions = []
     ran = {}  # what each variant really did, from its trainer: pinned by the smoke test
     with tempfile.TemporaryDirectory() as tmp:
+        # One untimed run first: the process's first training run pays one-off costs (kernel and allocator warm-up)
+        # that would land on whichever variant happens to run first.
+        run_variant(workload, next(iter(variants.values())), steps, tmp)
         for r in range(rounds):
             order = list(variants)[r % len(variants) :] + list(variants)[: r % len(variants)]
             for variant in order:
