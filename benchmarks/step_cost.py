@@ -11,12 +11,18 @@ Questions, per workload (`workloads.py`: the small ViT on Fashion-MNIST, MiniLM-
 4. Gradient accumulation: SAM with 4 micro-batches per step against 1, at the same effective batch (and ERM's, for
    the part that is gradient accumulation's own cost).
 
-Every variant is a fresh `trainer.train()` from the same weights on the same batches. Variants are interleaved: each
-round runs all of them once, in a rotated order, so that drift in machine speed hits them alike. A step's time is
-its median over all rounds (warm-up steps dropped); the spread is the range of the per-round ratios.
+The `vit4` workload (a 4-layer ViT with 4x4 patches, batch 64, the default `max_grad_norm` of 1.0, 24-step runs) asks
+question 2 alone, against a noise floor: the stock `Trainer` with `adamw_torch` timed twice per round, so that the
+`erm` / stock ratio can be read against what stock / stock gives on the same machine.
 
-    python benchmarks/step_cost.py                      # both workloads, ~10 minutes on 2 cores
-    python benchmarks/step_cost.py --workloads vit --rounds 3
+Every variant is a fresh `trainer.train()` from the same weights on the same batches, after one untimed warm-up run.
+Variants are interleaved: each round runs all of them once, in a rotated order, so that drift in machine speed hits
+them alike. A step's time is its median over all rounds (warm-up steps dropped); the spread is the range of the
+per-round ratios.
+
+    python -m benchmarks.step_cost                      # all workloads, ~12 minutes on 2 cores
+    python -m benchmarks.step_cost --workloads vit --rounds 3
+    python -m benchmarks.step_cost --workloads vit4     # the `erm` overhead and its noise floor, ~1 minute
 """
 
 import json
@@ -30,14 +36,12 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from workloads import environment, make_trainer, make_workload, median, synchronize  # noqa: E402
+from benchmarks.workloads import WORKLOADS, environment, make_trainer, make_workload, median, synchronize
 
 
 # (steps per run, warm-up steps dropped, rounds, steps of a whole run) per workload: a MiniLM step takes ~20x a ViT's.
-BUDGET = {"vit": (40, 5, 5, 300), "minilm": (14, 3, 3, 40)}
+# `vit4` makes no whole runs.
+BUDGET = {"vit": (40, 5, 5, 300), "minilm": (14, 3, 3, 40), "vit4": (24, 4, 7, 0)}
 SMOKE_BUDGET = (6, 2, 2, 6)
 STEP_VARIANTS = {
     # name: (optim, stock Trainer, gradient accumulation)
@@ -47,19 +51,29 @@ STEP_VARIANTS = {
     "erm_ga4": ("erm", False, 4),
     "sam_ga4": ("sam", False, 4),
 }
+# `vit4`: the `erm` policy against the stock Trainer, and the stock Trainer against itself (the noise floor).
+OVERHEAD_VARIANTS = {
+    "stock": ("adamw_torch", True, 1),
+    "erm": ("erm", False, 1),
+    "stock_again": ("adamw_torch", True, 1),
+}
+OVERHEAD_ONLY = {"vit4"}
+ERM_OVERHEAD_TARGET = 1.01
 
 
 @dataclass
 class StepCostArguments:
-    workloads: list[str] = field(default_factory=lambda: ["vit", "minilm"], metadata={"help": "vit and/or minilm."})
+    workloads: list[str] = field(
+        default_factory=lambda: list(WORKLOADS), metadata={"help": f"Which of {', '.join(WORKLOADS)} to measure."}
+    )
     rounds: int | None = field(default=None, metadata={"help": "Rounds of interleaved runs (default per workload)."})
     output: str = field(default="outputs/bench/step_cost.json", metadata={"help": "Where the results JSON goes."})
     smoke: bool = field(default=False, metadata={"help": "Tiny models and runs: every code path in seconds."})
 
     def __post_init__(self):
         unknown = set(self.workloads) - set(BUDGET)
-        if unknown:
-            raise ValueError(f"`workloads` ({self.workloads}) must be among {sorted(BUDGET)}.")
+        if unknown or not self.workloads:
+            raise ValueError(f"`workloads` ({self.workloads}) must be a non-empty list among {sorted(BUDGET)}.")
         if self.rounds is not None and self.rounds < 1:
             raise ValueError(f"`rounds` ({self.rounds}) must be >= 1.")
 
@@ -81,70 +95,89 @@ def pass_time(workload, repeats: int) -> float:
 
 
 def ratio_stats(per_round: dict[str, list[float]], num: str, den: str) -> dict[str, float]:
+    """The ratio of two variants' step times within each round: median and range over rounds."""
     ratios = [a / b for a, b in zip(per_round[num], per_round[den], strict=True)]
     return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)}
 
 
+def run_variant(workload, variant: tuple, steps: int, output_dir: str) -> tuple[list[float], dict, object]:
+    """One fresh training run of a variant: its step times, what it did, and its trainer."""
+    optim, stock, ga = variant
+    trainer, timer = make_trainer(workload, optim, steps, output_dir, stock=stock, ga=ga)
+    trainer.train()
+    controller = getattr(trainer, "_sam_controller", None)
+    ran = {
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "steps": trainer.state.global_step,
+        "sam_steps": controller.sam_steps if controller is not None else 0,
+        "aesam_trainer": controller is not None,
+    }
+    return timer.times, ran, trainer
+
+
 def measure(name: str, args: StepCostArguments) -> dict:
     steps, warmup, rounds, run_steps = SMOKE_BUDGET if args.smoke else BUDGET[name]
+    overhead_only = name in OVERHEAD_ONLY
+    run_steps = 0 if overhead_only else run_steps
     rounds = args.rounds or rounds
+    variants = OVERHEAD_VARIANTS if overhead_only else STEP_VARIANTS
     workload = make_workload(name, max(steps, run_steps), smoke=args.smoke)
     print(f"== {name}: {workload.description}; {rounds} rounds of {steps}-step runs", flush=True)
-    times = {v: [] for v in STEP_VARIANTS}
-    per_round = {v: [] for v in STEP_VARIANTS}
+    times = {v: [] for v in variants}
+    per_round = {v: [] for v in variants}
     whole = {"erm": [], "aesam": []}
     fractions = []
     ran = {}  # what each variant really did, from its trainer: pinned by the smoke test
     with tempfile.TemporaryDirectory() as tmp:
+        # One untimed run first: the process's first training run pays one-off costs (kernel and allocator warm-up)
+        # that would land on whichever variant happens to run first.
+        run_variant(workload, next(iter(variants.values())), steps, tmp)
         for r in range(rounds):
-            order = list(STEP_VARIANTS)[r % len(STEP_VARIANTS) :] + list(STEP_VARIANTS)[: r % len(STEP_VARIANTS)]
+            order = list(variants)[r % len(variants) :] + list(variants)[: r % len(variants)]
             for variant in order:
-                optim, stock, ga = STEP_VARIANTS[variant]
-                trainer, timer = make_trainer(workload, optim, steps, tmp, stock=stock, ga=ga)
-                trainer.train()
-                controller = getattr(trainer, "_sam_controller", None)
-                ran[variant] = {
-                    "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-                    "steps": trainer.state.global_step,
-                    "sam_steps": controller.sam_steps if controller is not None else 0,
-                    "aesam_trainer": controller is not None,
-                }
-                times[variant] += timer.times[warmup:]
-                per_round[variant].append(median(timer.times[warmup:]))
+                step_times, ran[variant], _ = run_variant(workload, variants[variant], steps, tmp)
+                times[variant] += step_times[warmup:]
+                per_round[variant].append(median(step_times[warmup:]))
             # Question 3: whole runs, every step counted (a run's cost is all of it).
-            for variant in ("erm", "aesam") if r % 2 == 0 else ("aesam", "erm"):
-                trainer, timer = make_trainer(workload, variant, run_steps, tmp)
-                trainer.train()
-                whole[variant].append(sum(timer.times))
+            for variant in (("erm", "aesam") if r % 2 == 0 else ("aesam", "erm")) if run_steps else ():
+                step_times, _, trainer = run_variant(workload, (variant, False, 1), run_steps, tmp)
+                whole[variant].append(sum(step_times))
                 if variant == "aesam":
                     fractions.append(trainer._sam_controller.sam_fraction)
-            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{v} {1e3 * per_round[v][-1]:.1f} ms" for v in order),
-                  flush=True)  # fmt: skip
-    step = {v: median(t) for v, t in times.items()}
-    one_pass = pass_time(workload, repeats=max(8, steps))
-    f = float(np.mean(fractions))
-    run_ratios = [a / e for a, e in zip(whole["aesam"], whole["erm"], strict=True)]
-    return {
+            done = ", ".join(f"{v} {1e3 * per_round[v][-1]:.1f} ms" for v in order)
+            print(f"  round {r + 1}/{rounds}: {done}", flush=True)
+    result = {
         "workload": workload.description,
         "param_bytes": workload.param_bytes(),
         "rounds": rounds,
         "steps_per_run": steps,
         "warmup_dropped": warmup,
+        "step_ms": {v: 1e3 * median(t) for v, t in times.items()},
+        "per_round_ms": {v: [1e3 * t for t in ts] for v, ts in per_round.items()},
+        "erm_over_stock": ratio_stats(per_round, "erm", "stock"),
+        "variants_ran": ran,
+    }
+    if overhead_only:
+        result["stock_over_stock"] = ratio_stats(per_round, "stock_again", "stock")
+        return result
+    step = {v: median(t) for v, t in times.items()}
+    one_pass = pass_time(workload, repeats=max(8, steps))
+    f = float(np.mean(fractions))
+    run_ratios = [a / e for a, e in zip(whole["aesam"], whole["erm"], strict=True)]
+    return {
+        **result,
         "run_steps": run_steps,
-        "step_ms": {v: 1e3 * t for v, t in step.items()},
         "pass_ms": 1e3 * one_pass,
         "sam_over_erm": ratio_stats(per_round, "sam", "erm"),
         "sam_over_erm_plus_pass": step["sam"] / (step["erm"] + one_pass),
-        "erm_over_stock": ratio_stats(per_round, "erm", "stock"),
         "sam_ga4_over_sam": ratio_stats(per_round, "sam_ga4", "sam"),
         "erm_ga4_over_erm": ratio_stats(per_round, "erm_ga4", "erm"),
         "aesam_run_over_erm_run": {
             "median": float(np.median(run_ratios)),
             "min": min(run_ratios),
             "max": max(run_ratios),
-        },  # fmt: skip
+        },
         "aesam_sam_fraction": f,
-        "variants_ran": ran,
         "aesam_run_target": 1.02 * (1 + f),
     }
 
@@ -161,15 +194,25 @@ def table(results: dict[str, dict]) -> str:
 
     lines = ["| workload | question | measured (range over rounds) | target | met |", "|---|---|---:|---:|:---:|"]
     for name, r in results.items():
-        rows = [
-            ("SAM step / ERM step", spread(r["sam_over_erm"]), r["sam_over_erm"], 2.02),
-            ("SAM step / (ERM step + 1 forward/backward)", f"{r['sam_over_erm_plus_pass']:.3f}", None, None),
-            ("`erm` policy step / stock Trainer step", spread(r["erm_over_stock"]), r["erm_over_stock"], 1.01),
-            (f"`aesam` run / ERM run (f = {r['aesam_sam_fraction']:.2f})", spread(r["aesam_run_over_erm_run"]),
-             r["aesam_run_over_erm_run"], r["aesam_run_target"]),
-            ("SAM step, GA 4 / GA 1 (same effective batch)", spread(r["sam_ga4_over_sam"]), None, None),
-            ("ERM step, GA 4 / GA 1 (for reference)", spread(r["erm_ga4_over_erm"]), None, None),
-        ]  # fmt: skip
+        erm = ("`erm` policy step / stock Trainer step", spread(r["erm_over_stock"]), r["erm_over_stock"])
+        if "stock_over_stock" in r:  # an overhead-only workload
+            floor = ("stock Trainer step / stock Trainer step (noise floor)", spread(r["stock_over_stock"]), None)
+            rows = [(*erm, ERM_OVERHEAD_TARGET), (*floor, None)]
+        else:
+            f = r["aesam_sam_fraction"]
+            rows = [
+                ("SAM step / ERM step", spread(r["sam_over_erm"]), r["sam_over_erm"], 2.02),
+                ("SAM step / (ERM step + 1 forward/backward)", f"{r['sam_over_erm_plus_pass']:.3f}", None, None),
+                (*erm, ERM_OVERHEAD_TARGET),
+                (
+                    f"`aesam` run / ERM run (f = {f:.2f})",
+                    spread(r["aesam_run_over_erm_run"]),
+                    r["aesam_run_over_erm_run"],
+                    r["aesam_run_target"],
+                ),
+                ("SAM step, GA 4 / GA 1 (same effective batch)", spread(r["sam_ga4_over_sam"]), None, None),
+                ("ERM step, GA 4 / GA 1 (for reference)", spread(r["erm_ga4_over_erm"]), None, None),
+            ]
         for question, measured, stats, target in rows:
             if target is None:
                 met = "–"
@@ -182,18 +225,24 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     (args,) = HfArgumentParser(StepCostArguments).parse_args_into_dataclasses(args=argv)
     start = time.perf_counter()
     results = {name: measure(name, args) for name in args.workloads}
     for name, r in results.items():
-        print(f"{name}: step medians (ms) " + ", ".join(f"{v} {t:.1f}" for v, t in r["step_ms"].items())
-              + f", one forward/backward {r['pass_ms']:.1f}")  # fmt: skip
+        ms = ", ".join(f"{v} {t:.1f}" for v, t in r["step_ms"].items())
+        one_pass = f", one forward/backward {r['pass_ms']:.1f}" if "pass_ms" in r else ""
+        print(f"{name}: step medians (ms) {ms}{one_pass}")
     print(table(results))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"command": "python benchmarks/step_cost.py " + " ".join(argv or sys.argv[1:]),
-               "arguments": asdict(args), "environment": environment(), "results": results,
-               "wall_time_s": time.perf_counter() - start}  # fmt: skip
+    payload = {
+        "command": "python -m benchmarks.step_cost " + " ".join(argv),
+        "arguments": asdict(args),
+        "environment": environment(),
+        "results": results,
+        "wall_time_s": time.perf_counter() - start,
+    }
     out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     print(f"Written to {out}")
     return payload

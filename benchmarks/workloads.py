@@ -1,7 +1,9 @@
-"""The two workloads every cost benchmark measures, the trainers they compare, and the step timer.
+"""The workloads the cost benchmarks measure, the trainers they compare, and the step timer.
 
 - `vit`: the small ViT of the image example (about 140k parameters) on batches of real Fashion-MNIST images;
-- `minilm`: the pretrained MiniLM-L6 (a 6-layer BERT, 22M parameters) on batches of fortunes quotations.
+- `minilm`: the pretrained MiniLM-L6 (a 6-layer BERT, 22M parameters) on batches of fortunes quotations;
+- `vit4`: a 4-layer ViT with 4x4 patches (hidden 64) on batches of 64 Fashion-MNIST images, the setting in which the
+  `erm` policy's overhead over the stock `Trainer` was questioned (`step_cost.py` measures it against a noise floor).
 
 Both go through the real `Trainer` loop (data loading, clipping, AdamW, scheduler), because that is what users run:
 a step is the time from one `on_step_end` to the next. `--smoke` variants are tiny, for the test suite.
@@ -9,10 +11,9 @@ a step is the time from one `on_step_end` to the next. `--smoke` variants are ti
 
 import os
 import platform
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,16 +30,23 @@ from transformers import (
     ViTForImageClassification,
 )
 
+import aesam_hf
+from aesam_hf import AESAMConfig, AESAMTrainer
+from benchmarks.data import fashion_mnist_arrays
+from benchmarks.fortunes import FortunesArguments, build_splits
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "examples"))
 
-from fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
-from make_fortunes_dataset import FortunesArguments, build_splits  # noqa: E402
-from run_image_classification import SMALL_VIT  # noqa: E402
-
-import aesam_hf  # noqa: E402
-from aesam_hf import AESAMConfig, AESAMTrainer  # noqa: E402
+# The image example's from-scratch ViT (`SMALL_VIT` in examples/run_image_classification.py, which a test keeps equal
+# to this copy): the benchmarks time the model the example trains, without importing the example.
+SMALL_VIT = {
+    "patch_size": 7,
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
 
 
 def synchronize() -> None:
@@ -79,8 +87,10 @@ class ListDataset(torch.utils.data.Dataset):
 
 @dataclass
 class Workload:
+    """A model (rebuilt with the same initial weights on every call), its training examples and batch size."""
+
     name: str
-    make_model: object  # () -> nn.Module, the same initial weights on every call
+    make_model: Callable[[], torch.nn.Module]
     dataset: ListDataset
     batch_size: int
     description: str
@@ -89,8 +99,11 @@ class Workload:
         return sum(p.numel() * p.element_size() for p in self.make_model().parameters())
 
 
-def vit_workload(n_examples: int, batch_size: int = 128, smoke: bool = False) -> Workload:
-    config = ViTConfig(**SMALL_VIT, image_size=28, num_channels=1, num_labels=10)
+def vit_workload(
+    n_examples: int, batch_size: int = 128, smoke: bool = False, name: str = "vit", **overrides
+) -> Workload:
+    """A ViT from scratch (the example's, with `overrides`) on the first `n_examples` Fashion-MNIST images."""
+    config = ViTConfig(**{**SMALL_VIT, **overrides}, image_size=28, num_channels=1, num_labels=10)
     if smoke:
         config.update({"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32})
 
@@ -98,13 +111,17 @@ def vit_workload(n_examples: int, batch_size: int = 128, smoke: bool = False) ->
         torch.manual_seed(0)
         return ViTForImageClassification(config)
 
-    train = load_fashion_mnist(FASHION_MNIST_DIR)["train"].select(range(n_examples))
-    pixels = np.stack([np.asarray(image, dtype=np.float32) for image in train["image"]]) / 255.0
-    pixels = torch.from_numpy((pixels - 0.286) / 0.353)[:, None]
-    examples = [{"pixel_values": x, "labels": int(y)} for x, y in zip(pixels, train["label"], strict=True)]
+    images, labels = fashion_mnist_arrays("train")
+    pixels = images[:n_examples].astype(np.float32) / 255.0
+    pixels = torch.from_numpy((pixels - 0.286) / 0.353)[:, None]  # Fashion-MNIST's mean and std
+    examples = [{"pixel_values": x, "labels": int(y)} for x, y in zip(pixels, labels[:n_examples], strict=True)]
     n_params = sum(p.numel() for p in make_model().parameters())
-    return Workload("vit", make_model, ListDataset(examples), batch_size,
-                    f"ViT from scratch ({n_params / 1e3:.0f}k parameters), Fashion-MNIST 28x28, batch {batch_size}")  # fmt: skip
+    layers, patch = config.num_hidden_layers, config.patch_size
+    description = (
+        f"ViT from scratch (depth {layers}, hidden {config.hidden_size}, patch {patch}, {n_params / 1e3:.0f}k "
+        f"parameters), Fashion-MNIST 28x28, batch {batch_size}"
+    )
+    return Workload(name, make_model, ListDataset(examples), batch_size, description)
 
 
 def minilm_workload(n_examples: int, batch_size: int = 32, seq_len: int = 64, smoke: bool = False) -> Workload:
@@ -123,28 +140,45 @@ def minilm_workload(n_examples: int, batch_size: int = 32, seq_len: int = 64, sm
     def make_model():
         torch.manual_seed(0)
         if smoke:  # same tokenizer and data, a 1-layer BERT
-            config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                                num_attention_heads=2, intermediate_size=64, num_labels=len(topics))  # fmt: skip
+            config = BertConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                num_labels=len(topics),
+            )
             return BertForSequenceClassification(config)
         return BertForSequenceClassification.from_pretrained(path, num_labels=len(topics))
 
     n_params = sum(p.numel() for p in make_model().parameters())
-    return Workload("minilm", make_model, ListDataset(examples), batch_size,
-                    f"MiniLM-L6 pretrained ({n_params / 1e6:.1f}M parameters), fortunes topics, batch {batch_size} "
-                    f"x {seq_len} tokens")  # fmt: skip
+    description = (
+        f"MiniLM-L6 pretrained ({n_params / 1e6:.1f}M parameters), fortunes topics, batch {batch_size} x {seq_len} "
+        "tokens"
+    )
+    return Workload("minilm", make_model, ListDataset(examples), batch_size, description)
+
+
+WORKLOADS = ("vit", "minilm", "vit4")
 
 
 def make_workload(name: str, steps: int, smoke: bool = False) -> Workload:
     """`steps` batches of fresh examples (plus one), so no batch repeats within a run."""
+    if name not in WORKLOADS:
+        raise ValueError(f"workload {name!r} must be one of {list(WORKLOADS)}.")
     if name == "vit":
         batch = 16 if smoke else 128
         return vit_workload(batch * (steps + 1), batch, smoke)
+    if name == "vit4":  # 4x4 patches: 49 tokens per image instead of the example's 16
+        batch = 16 if smoke else 64
+        return vit_workload(batch * (steps + 1), batch, smoke, name="vit4", patch_size=4)
     batch = 8 if smoke else 32
     return minilm_workload(min(batch * (steps + 1), 1800), batch, smoke=smoke)
 
 
-def make_trainer(workload: Workload, optim: str, steps: int, output_dir: str, stock: bool = False, ga: int = 1,
-                 **config) -> tuple[Trainer, StepTimer]:  # fmt: skip
+def make_trainer(
+    workload: Workload, optim: str, steps: int, output_dir: str, stock: bool = False, ga: int = 1, **config
+) -> tuple[Trainer, StepTimer]:
     """A trainer for `steps` optimizer steps of `workload`: `AESAMTrainer` with `optim`, or the stock `Trainer`.
 
     The effective batch stays `workload.batch_size` whatever `ga`. Nothing is logged, saved or evaluated during the
@@ -198,4 +232,5 @@ def environment() -> dict[str, str]:
 
 
 def median(values: list[float]) -> float:
+    """The median, NaN for no values (a run shorter than its warm-up)."""
     return float(np.median(values)) if values else float("nan")

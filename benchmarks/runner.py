@@ -1,0 +1,118 @@
+"""Runs of the example scripts, one process per (task, policy, seed), reused while nothing that shapes them changed.
+
+Every run is the task's example script from the same experiment config; only `--optim`, `--seed` and `--output_dir`
+change (and every step is logged), so every policy sees the same model, data and schedule. A finished run is reused
+when its command, its experiment config, the code that trains (library, example scripts, data builders) and the
+package versions are unchanged: an interrupted study resumes, and a changed library reruns.
+"""
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parent.parent
+TASKS = {
+    "image": (
+        REPO / "examples" / "run_image_classification.py",
+        REPO / "configs" / "experiments" / "image_fashion_mnist_vit.json",
+    ),
+    "glue": (REPO / "examples" / "run_glue.py", REPO / "configs" / "experiments" / "glue_fortunes_minilm.json"),
+}
+# The code a run's numbers depend on besides its command and config (not the runner, which only launches it), and
+# the versions of the packages it trains with.
+RUN_CODE = ("aesam_hf/*.py", "examples/run_*.py", "benchmarks/data.py", "benchmarks/fortunes.py")
+RUN_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
+SIGNATURE_FILE = "compare_run.json"
+
+
+def code_fingerprint() -> dict[str, str]:
+    """A hash of the code that trains and the package versions: a finished run is reused only if both are unchanged."""
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in RUN_CODE for p in REPO.glob(pattern)):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"code_sha256": digest.hexdigest(), **{name: importlib.metadata.version(name) for name in RUN_PACKAGES}}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@dataclass
+class Runner:
+    """Where one task's runs go and how they are launched; `run` trains and scores one (policy, seed)."""
+
+    task: str
+    output_dir: str
+    config: str | None = None  # the experiment JSON; default: the task's
+    metric: str = "test_accuracy"  # the score, a key of the run's all_results.json
+    launcher: str | None = None  # e.g. "accelerate launch --config_file ..."; default: this Python
+    rerun: bool = False  # run again even where a finished run is in place
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"`task` ({self.task!r}) must be one of {sorted(TASKS)}.")
+        self.config = str(TASKS[self.task][1]) if self.config is None else self.config
+        if not Path(self.config).is_file():
+            raise FileNotFoundError(f"`config` {self.config!r} not found.")
+
+    def run_dir(self, policy: str, seed: int) -> Path:
+        return Path(self.output_dir) / policy / f"seed{seed}"
+
+    def arguments(self, policy: str, seed: int, extra: list[str]) -> list[str]:
+        """The example script and its arguments for one run (what the launcher is given)."""
+        # Every step is logged: the decision figure and the LookSAM study read each step's values, and the same
+        # logging cost falls on every policy. Checkpoints are off: they would time the disk, not the policy.
+        run = ["--optim", policy, "--seed", str(seed), "--output_dir", str(self.run_dir(policy, seed))]
+        logging = ["--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true"]
+        return [str(TASKS[self.task][0]), self.config, *extra, *run, *logging]
+
+    def run(self, policy: str, seed: int, extra: list[str]) -> dict:
+        """Train and score one (policy, seed), or reuse the finished run; returns its row."""
+        run_dir = self.run_dir(policy, seed)
+        arguments = self.arguments(policy, seed, extra)
+        cmd = [*(shlex.split(self.launcher) if self.launcher else [sys.executable]), *arguments]
+        # The launcher is left out: the same run under another launcher is the same run.
+        signature = {"cmd": arguments, "config": read_json(Path(self.config)), "code": code_fingerprint()}
+        results_file, signature_file = run_dir / "all_results.json", run_dir / SIGNATURE_FILE
+        done = results_file.is_file() and signature_file.is_file()
+        if self.rerun or not done or read_json(signature_file) != signature:
+            # A clean folder: the Trainer merges metrics into an existing all_results.json and resumes old checkpoints.
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            with open(run_dir / "log.txt", "w", encoding="utf-8") as log:
+                log.write(shlex.join(cmd) + "\n")
+                log.flush()
+                env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            if proc.returncode != 0:
+                tail = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
+                raise RuntimeError(f"{policy} (seed {seed}) failed with exit code {proc.returncode}; log:\n{tail}")
+            signature_file.write_text(json.dumps(signature, indent=1), encoding="utf-8")
+        results = read_json(results_file)
+        if self.metric not in results:
+            raise ValueError(
+                f"`metric` ({self.metric!r}) is not in {results_file}; it must be one of {sorted(results)}."
+            )
+        steps = read_json(run_dir / "trainer_state.json")["global_step"]
+        return {
+            "policy": policy,
+            "seed": seed,
+            self.metric: results[self.metric],
+            "sam_fraction": results["sam/fraction_total"],
+            "passes": results["sam/passes"],
+            "steps": steps,
+            "passes_per_step": results["sam/passes"] / steps,
+            "train_time": results["train_runtime"],
+        }
+
+    def log_history(self, policy: str, seed: int) -> list[dict]:
+        """The Trainer's log history of a finished run (from its trainer_state.json): one entry per logged step."""
+        return read_json(self.run_dir(policy, seed) / "trainer_state.json")["log_history"]

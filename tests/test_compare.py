@@ -1,0 +1,90 @@
+"""The comparison runner (`python -m benchmarks.compare`, the `make demo` job) and its cache of finished runs."""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from example_utils import QUIET, ROOT, require_fashion_mnist
+
+from benchmarks import runner
+from benchmarks.results import decision_trace
+
+
+@require_fashion_mnist
+@pytest.mark.slow
+def test_compare_writes_table_and_figure(tmp_path):
+    own = ["--policies", "adamw_torch", "aesam", "--seeds", "1", "2", "--output_dir", str(tmp_path)]
+    samples = ["--max_train_samples", "128", "--max_eval_samples", "32", "--max_predict_samples", "64"]
+    example = ["--max_steps", "6", *samples, "--per_device_train_batch_size", "16", *QUIET]
+    cmd = [sys.executable, "-m", "benchmarks.compare", *own, "--", *example]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (adamw_torch|aesam) \|.*$", out.stdout, flags=re.M)}
+    assert set(rows) == {"adamw_torch", "aesam"}
+    assert "| 0.00 | 6 | 1.00 |" in rows["adamw_torch"]  # no SAM step, one pass per step
+    runs = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(runs) == 1 + 4 and runs[0].startswith("policy,seed,test_accuracy,sam_fraction,passes")
+    assert (tmp_path / "results.md").read_text().count("| aesam |") == 1
+
+    from PIL import Image
+
+    with Image.open(tmp_path / "compare.png") as figure:
+        assert figure.size[0] > 1000 and figure.size[1] > 400  # two panels, legible at 120 dpi
+    trace = decision_trace(tmp_path / "aesam" / "seed1")
+    assert len(trace["step"]) == 6  # every step's |g|^2 and threshold were logged
+    # The trace is the rule itself: SAM exactly when |g|^2 >= threshold.
+    assert [x >= c for x, c in zip(trace["grad_norm_sq"], trace["threshold"])] == [d == 1.0 for d in trace["sam"]]
+
+
+def test_compare_reuses_a_finished_run_only_if_command_config_and_code_are_unchanged(tmp_path, monkeypatch):
+    """An interrupted comparison resumes, but never from a run made with other flags, config or code."""
+    launches = []
+
+    def fake_run(cmd, **kwargs):  # stands in for the example script: writes what a finished run leaves
+        run_dir = pathlib.Path(cmd[cmd.index("--output_dir") + 1])
+        launches.append(cmd)
+        results = {"test_accuracy": 0.5, "sam/fraction_total": 0.0, "sam/passes": 4.0, "train_runtime": 1.0}
+        (run_dir / "all_results.json").write_text(json.dumps(results))
+        (run_dir / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    image = runner.Runner("image", str(tmp_path))
+    row = image.run("adamw_torch", 1, ["--max_steps", "4"])
+    assert row["passes_per_step"] == 1.0 and len(launches) == 1
+    # The example script is launched with the task's one experiment config and the policy as a flag.
+    assert launches[0][1:3] == [str(runner.TASKS["image"][0]), str(runner.TASKS["image"][1])]
+    assert launches[0][launches[0].index("--optim") + 1] == "adamw_torch"
+    image.run("adamw_torch", 1, ["--max_steps", "4"])
+    assert len(launches) == 1  # same command, config and code: reused
+    image.run("adamw_torch", 1, ["--max_steps", "5"])
+    assert len(launches) == 2  # other flags: run again
+    fingerprint = runner.code_fingerprint()
+    assert set(fingerprint) == {"code_sha256", *runner.RUN_PACKAGES}
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: {**fingerprint, "code_sha256": "changed"})
+    image.run("adamw_torch", 1, ["--max_steps", "5"])
+    assert len(launches) == 3  # the library or an example script changed: run again
+
+
+def test_code_fingerprint_covers_the_library_the_examples_and_the_data_builders():
+    covered = {p.relative_to(ROOT).as_posix() for pattern in runner.RUN_CODE for p in ROOT.glob(pattern)}
+    expected = {"examples/run_glue.py", "examples/run_image_classification.py", "aesam_hf/trainer.py"}
+    assert expected | {"benchmarks/fortunes.py", "benchmarks/data.py"} <= covered
+    assert not any(path.startswith("benchmarks/runner") for path in covered)  # the launcher is not what trains
+
+
+def test_runner_arguments_name_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="task"):
+        runner.Runner("audio", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="config"):
+        runner.Runner("image", str(tmp_path), config=str(tmp_path / "missing.json"))
+
+
+def test_compare_help():
+    cmd = [sys.executable, "-m", "benchmarks.compare", "--help"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--policies" in out.stdout

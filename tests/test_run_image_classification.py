@@ -1,0 +1,158 @@
+"""`examples/run_image_classification.py` end to end on tiny slices of real and built data, and what it carries
+inline: the transforms, the Fashion-MNIST IDX reader, the accuracy metric's fallback (its label noise is tested with
+the benchmarks' copy, in `test_data_builders.py`).
+"""
+
+import gzip
+import logging
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+from distributed.launching import MULTI_CPU_CONFIG, accelerate_launch
+from example_utils import EXAMPLES, EXPERIMENTS, QUIET, assert_two_ranks_ran, load_example, require_fashion_mnist
+from testing_utils import tiny_vit_config
+from transformers import ViTForImageClassification, ViTImageProcessor
+
+
+run_image_classification = load_example("run_image_classification")
+FASHION_MNIST_DIR = run_image_classification.FASHION_MNIST_DIR
+
+
+def image_args(output_dir, *extra) -> list[str]:
+    return [str(a) for a in ["--do_train", "--do_eval", "--output_dir", output_dir, *QUIET, *extra]]
+
+
+@require_fashion_mnist
+def test_run_image_classification_on_fashion_mnist_with_label_noise(tmp_path):
+    samples = ["--max_train_samples", "256", "--max_eval_samples", "64", "--max_predict_samples", "64"]
+    run = ["--do_predict", "--max_steps", "5", "--per_device_train_batch_size", "32", "--optim", "aelooksam"]
+    data = ["--fashion_mnist_dir", FASHION_MNIST_DIR, "--label_noise", "0.4"]
+    metrics = run_image_classification.main(image_args(tmp_path, *data, *samples, *run))
+    assert metrics["train_samples"] == 256 and metrics["test_samples"] == 64
+    assert {"eval_accuracy", "test_accuracy", "sam/fraction_total"} <= set(metrics)
+    model = ViTForImageClassification.from_pretrained(tmp_path)
+    assert model.config.image_size == 28 and model.config.num_channels == 1
+    assert model.config.id2label[9] == "Ankle boot"
+    processor = ViTImageProcessor.from_pretrained(tmp_path)
+    # The from-scratch model is normalized with the data's own statistics (Fashion-MNIST: about 0.29 and 0.35).
+    assert processor.image_mean[0] == pytest.approx(0.286, abs=0.03)
+    assert processor.image_std[0] == pytest.approx(0.353, abs=0.03)
+
+
+def test_run_image_classification_fine_tunes_a_pretrained_vit_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    # An RGB image folder of 2 classes at 20x20, for a "pretrained" ViT of 16x16: resize and 3 channels.
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label, base in (("dark", 40), ("light", 200)):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(8):
+                pixels = np.clip(base + rng.normal(0, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / label / f"{i}.png")
+    pretrained = tmp_path / "pretrained"
+    ViTForImageClassification(tiny_vit_config(image_size=16, num_channels=3, num_labels=5)).save_pretrained(pretrained)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(pretrained)
+
+    data = ["--train_dir", tmp_path / "train", "--validation_dir", tmp_path / "val"]
+    model = ["--model_name_or_path", pretrained, "--ignore_mismatched_sizes"]
+    run = ["--max_steps", "3", "--per_device_train_batch_size", "4", "--optim", "sam", "--learning_rate", "1e-2"]
+    metrics = run_image_classification.main(image_args(tmp_path / "out", *data, *model, *run))
+    assert metrics["sam/passes"] == 6 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    tuned = ViTForImageClassification.from_pretrained(tmp_path / "out")
+    assert tuned.config.id2label == {0: "dark", 1: "light"}
+
+
+def test_run_image_classification_hub_dataset_with_int_labels(tmp_path, monkeypatch):
+    """A Hub-style dataset (here built in memory) with an `img` column and plain int labels, no validation split."""
+    from datasets import Dataset, DatasetDict
+
+    rng = np.random.default_rng(0)
+    labels = [3, 7] * 12
+    images = [np.clip(40 + 160 * (y == 7) + rng.normal(0, 20, (12, 12, 3)), 0, 255).astype(np.uint8) for y in labels]
+    fake_hub = DatasetDict({"train": Dataset.from_dict({"img": images, "label": labels})})
+    monkeypatch.setattr(run_image_classification, "load_dataset", lambda *args, **kwargs: fake_hub)
+    data = ["--dataset_name", "someone/colours", "--image_column_name", "img", "--train_val_split", "0.25"]
+    run = ["--max_steps", "2", "--per_device_train_batch_size", "6", "--config_overrides", "patch_size=4"]
+    metrics = run_image_classification.main(image_args(tmp_path, *data, *run))
+    assert metrics["train_samples"] == 18 and metrics["eval_samples"] == 6  # stratified 25% held out
+    model = ViTForImageClassification.from_pretrained(tmp_path)
+    assert model.config.id2label == {0: "3", 1: "7"} and model.config.num_channels == 3
+
+
+def test_image_transform_resizes_and_adapts_channels():
+    transform = run_image_classification.make_transform(
+        "image", "label", size=(16, 16), mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], random_flip=False
+    )
+    grey = np.full((28, 28), 255, dtype=np.uint8)
+    rgba = np.zeros((10, 12, 4), dtype=np.uint8)
+    out = transform({"image": [grey, rgba], "label": [3, 1]})
+    assert [tuple(x.shape) for x in out["pixel_values"]] == [(3, 16, 16), (3, 16, 16)]
+    assert float(out["pixel_values"][0].min()) == pytest.approx(2.0)  # (1 - 0.5) / 0.25
+    assert float(out["pixel_values"][1].max()) == pytest.approx(-2.0)  # (0 - 0.5) / 0.25
+    assert out["labels"] == [3, 1]
+
+
+def test_run_image_classification_errors_name_the_argument(tmp_path):
+    main, out = run_image_classification.main, ["--output_dir", str(tmp_path)]
+    with pytest.raises(ValueError, match="--fashion_mnist_dir"):
+        main(out)
+    with pytest.raises(ValueError, match="label_noise"):
+        main(["--fashion_mnist_dir", "x", "--label_noise", "1", *out])
+    with pytest.raises(ValueError, match="config_overrides"):
+        main(["--fashion_mnist_dir", "x", "--model_name_or_path", "m", "--config_overrides", "hidden_size=8", *out])
+
+
+def test_accuracy_metric_is_computed_locally_offline_or_when_evaluate_fails(monkeypatch, caplog):
+    import evaluate
+
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(evaluate, "load", unreachable)
+    preds, labels = np.array([1, 0, 1, 1]), np.array([1, 0, 0, 1])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert run_image_classification.load_accuracy_metric()(preds, labels) == {"accuracy": 0.75}
+    assert calls == []  # declared offline: not even tried
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with caplog.at_level(logging.WARNING):
+        assert run_image_classification.load_accuracy_metric()(preds, labels) == {"accuracy": 0.75}
+    assert calls == [("accuracy",)] and "ConnectionError" in caplog.text
+
+
+# ---- the Fashion-MNIST loader ----
+
+
+@require_fashion_mnist
+def test_fashion_mnist_loads_both_splits():
+    data = run_image_classification.load_fashion_mnist()
+    assert {split: len(ds) for split, ds in data.items()} == {"train": 60000, "test": 10000}
+    first = data["test"][0]
+    assert np.asarray(first["image"]).shape == (28, 28) and first["label"] == 9  # the first test image: a boot
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        run_image_classification.load_fashion_mnist(data_dir=str(tmp_path))
+    bad = tmp_path / "bad-idx1-ubyte.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x00\x00\x09\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="bad-idx1-ubyte.gz"):
+        run_image_classification.load_idx(bad)
+
+
+# ---- under `accelerate launch`, 2 CPU processes ----
+
+
+@require_fashion_mnist
+@pytest.mark.distributed
+def test_run_image_classification_under_accelerate_launch_two_cpu_processes(tmp_path):
+    samples = ["--max_train_samples", "256", "--max_eval_samples", "64", "--max_predict_samples", "64"]
+    run = ["--optim", "aelooksam", "--max_steps", "4", "--per_device_train_batch_size", "16", "--use_cpu", "true"]
+    args = [EXPERIMENTS / "image_fashion_mnist_vit.json", *samples, *run, "--output_dir", tmp_path, *QUIET]
+    job = accelerate_launch(EXAMPLES / "run_image_classification.py", args, config_file=MULTI_CPU_CONFIG, timeout=300)
+    assert_two_ranks_ran(job, tmp_path, steps=4)
