@@ -54,6 +54,13 @@ class MemoryArguments:
     repeats: int = field(default=3, metadata={"help": "Runs per variant; the median peak is reported."})
     output: str = field(default="outputs/bench/memory.json", metadata={"help": "Where the results JSON goes."})
     smoke: bool = field(default=False, metadata={"help": "Tiny models: every code path in seconds."})
+    fixed_malloc: bool = field(
+        default=True,
+        metadata={
+            "help": "Fix glibc's mmap threshold in the runs (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave the "
+            "RSS; false: glibc's default dynamic threshold, as users run, with peaks that depend on allocation history."
+        },
+    )
     child: str | None = field(
         default=None, metadata={"help": "Internal: run one `workload:variant` and print its peak."}
     )
@@ -102,7 +109,7 @@ def run_child(spec: str, args: MemoryArguments) -> dict:
     """One variant in a fresh process (this module with `--child`), so that its peak is its own."""
     cmd = [sys.executable, "-m", "benchmarks.memory", "--child", spec, "--steps", str(args.steps)]
     cmd += ["--smoke"] if args.smoke else []
-    env = {**os.environ, **MALLOC_ENV}
+    env = {**os.environ, **(MALLOC_ENV if args.fixed_malloc else {})}
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"{spec} failed:\n{out.stderr[-3000:]}")
@@ -137,7 +144,12 @@ def main(argv: list[str] | None = None) -> dict:
             "target": 1.1 * info["param_bytes"] + info["input_bytes"],
             "measure": "cuda max_memory_allocated"
             if torch.cuda.is_available()
-            else "peak RSS (ru_maxrss), glibc mmap threshold fixed at 64 KiB",
+            else "peak RSS (ru_maxrss), "
+            + (
+                "glibc mmap threshold fixed at 64 KiB"
+                if args.fixed_malloc
+                else "glibc's default (dynamic) mmap threshold"
+            ),
         }
     mb = 2**20
     lines = [

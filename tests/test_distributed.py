@@ -1,20 +1,12 @@
 """Multi-process DDP (torchrun and `accelerate launch`, gloo on CPU): equivalence with 1 process, launch configs."""
 
 import pathlib
-import sys
 
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
-
-
-DISTRIBUTED = pathlib.Path(__file__).parent / "distributed"
-SCRIPT = DISTRIBUTED / "run_ddp_training.py"
-TRAIN = DISTRIBUTED / "train_regression.py"
-sys.path.insert(0, str(DISTRIBUTED))
-
-from launching import (  # noqa: E402
+from distributed.launching import (
     ACCELERATE_CONFIGS,
     MULTI_CPU_CONFIG,
     REGRESSION_ARGS,
@@ -22,7 +14,12 @@ from launching import (  # noqa: E402
     load_ranks,
     torchrun,
 )
-from run_ddp_training import main as train_one_process  # noqa: E402
+from distributed.run_ddp_training import main as train_one_process
+
+
+DISTRIBUTED = pathlib.Path(__file__).parent / "distributed"
+SCRIPT = DISTRIBUTED / "run_ddp_training.py"
+TRAIN = DISTRIBUTED / "train_regression.py"
 
 
 TRAIN_ARGS = REGRESSION_ARGS + ["--save_strategy", "no"]

@@ -3,18 +3,15 @@ a rank that dies. Every job is bounded in time, so a hang fails the test."""
 
 import math
 import pathlib
-import sys
 import time
 
 import pytest
 import torch
+from distributed.launching import REGRESSION_ARGS, Job, load_ranks, torchrun, torchrun_cmd
 
 
 DISTRIBUTED = pathlib.Path(__file__).parent / "distributed"
 TRAIN = DISTRIBUTED / "train_regression.py"
-sys.path.insert(0, str(DISTRIBUTED))
-
-from launching import REGRESSION_ARGS, Job, load_ranks, torchrun, torchrun_cmd  # noqa: E402
 
 
 TRAIN_ARGS = REGRESSION_ARGS

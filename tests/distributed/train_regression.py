@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from transformers import HfArgumentParser, TrainerCallback
 
 
@@ -135,14 +134,8 @@ def main() -> None:
         "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
     }
     torch.save(record, os.path.join(args.output_dir, f"rank{args.process_index}.pt"))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-        # torch 2.13 + gloo on CPU: the interpreter's teardown sometimes aborts ("terminate called without an active
-        # exception", SIGABRT) after a run that finished and saved everything. The results are on disk, so leave
-        # without the teardown; any real error above still ends the job with a non-zero exit.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    # No teardown here: AESAMTrainer destroys a gloo group at exit (the torch 2.13 teardown abort), so the job's exit
+    # code is the real one.
 
 
 if __name__ == "__main__":
