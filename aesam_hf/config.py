@@ -31,6 +31,7 @@ HPARAM_FIELDS: dict[str, str] = {
     "delta": "aesam_delta",
     "lambda1": "aesam_lambda1",
     "lambda2": "aesam_lambda2",
+    "budget": "aesam_budget",
 }
 
 
@@ -123,7 +124,8 @@ class AESAMConfig(TrainingArguments):
         > Parameters that control which steps are SAM steps
 
         optim (`str`, *optional*, defaults to `"aesam"`):
-            The SAM policy: `"erm"`, `"sam"`, `"random"`, `"periodic"`, `"looksam"`, `"aesam"` or `"aelooksam"`. A
+            The SAM policy: `"erm"`, `"sam"`, `"random"`, `"periodic"`, `"looksam"`, `"aesam"`, `"aelooksam"` or
+            `"scheduled"` (random SAM steps at AE-SAM's expected rate over time, a cheap baseline). A
             stock optimizer name (`"adamw_torch"`, `"sgd"`, ...) is also accepted and means plain ERM with that
             optimizer, so existing scripts keep working.
         sam_base_optim (`str`, *optional*, defaults to `"adamw_torch"`):
@@ -136,9 +138,13 @@ class AESAMConfig(TrainingArguments):
         aesam_delta (`float`, *optional*, defaults to `0.9`):
             EMA rate of the running mean and variance of ||g||² (`aesam`, `aelooksam`).
         aesam_lambda1 (`float`, *optional*, defaults to `-1.0`):
-            Threshold coefficient c_t at the end of training (`aesam`, `aelooksam`).
+            Threshold coefficient c_t at the end of training (`aesam`, `aelooksam`, `scheduled`).
         aesam_lambda2 (`float`, *optional*, defaults to `1.0`):
-            Threshold coefficient c_t at the start of training (`aesam`, `aelooksam`).
+            Threshold coefficient c_t at the start of training (`aesam`, `aelooksam`, `scheduled`).
+        aesam_budget (`float` or `None`, *optional*, defaults to `None`):
+            The fraction of SAM steps you can afford over the run, in (0, 1) (`aesam`, `aelooksam`, `scheduled`).
+            The adaptive policies still choose *which* steps by ||g||², with a threshold corrected so that the run's
+            fraction lands on the budget. `None`: the paper's schedule alone decides.
 
         > Parameters that control the SAM step
 
@@ -146,8 +152,9 @@ class AESAMConfig(TrainingArguments):
             Radius of the SAM neighbourhood.
         sam_adaptive (`bool`, *optional*, defaults to `False`):
             Use ASAM's scale-invariant perturbation `rho * w² g / ||w g||`.
-        looksam_alpha (`float`, *optional*, defaults to `0.7`):
-            Weight of the reused SAM direction on non-SAM steps (`looksam`, `aelooksam`).
+        looksam_alpha (`float`, *optional*, defaults to `0.1`):
+            Weight of the reused SAM direction on non-SAM steps (`looksam`, `aelooksam`). The LookSAM paper used
+            `0.7`, which collapsed LookSAM on our image task (`docs/algorithm.md`, "The LookSAM gradient").
         sam_freeze_bn_stats (`bool`, *optional*, defaults to `True`):
             Keep BatchNorm running statistics from being updated by the second pass of a SAM step.
 
@@ -188,6 +195,13 @@ class AESAMConfig(TrainingArguments):
     aesam_lambda2: float = field(
         default=DEFAULTS.lambda2,
         metadata={"help": "Threshold coefficient c_t at the start of training (aesam, aelooksam)."},
+    )
+    aesam_budget: float | None = field(
+        default=DEFAULTS.budget,
+        metadata={
+            "help": "Target fraction of SAM steps over the run, in (0, 1) (aesam, aelooksam, scheduled); the "
+            "threshold is corrected so the run's fraction lands on it. Default: off, the paper's schedule decides."
+        },
     )
     sam_base_optim: str = field(
         default=OptimizerNames.ADAMW_TORCH.value,

@@ -47,6 +47,8 @@ class StepRecord:
     sam: bool = False
     # fp16: the step's gradient (first or second pass) was inf/NaN and the loss scaler skips the step.
     overflow: bool = False
+    # A short batch (the end of an epoch): a policy that decides from x takes no decision from it.
+    partial: bool = False
     # x = ||g||², unscaled; None where nothing needed it (ERM, or a non-SAM step of a policy that ignores x).
     grad_norm_sq: Tensor | None = None
     # The policy's statistics after its decision (`SAMPolicy.stats()`), e.g. AE-SAM's mu, sigma and threshold.
@@ -67,7 +69,7 @@ class SAMController:
             Radius of the SAM neighbourhood.
         adaptive (`bool`, *optional*, defaults to `False`):
             ASAM's scale-invariant perturbation.
-        looksam_alpha (`float`, *optional*, defaults to `0.7`):
+        looksam_alpha (`float`, *optional*, defaults to `0.1`):
             Weight of the reused direction on non-SAM steps of the LookSAM policies.
         broadcast_grad_norm (`bool` or `None`, *optional*, defaults to `None`):
             Broadcast x from rank 0 before deciding, so every rank takes the same decision even if the ranks' norms
@@ -109,6 +111,7 @@ class SAMController:
         self.sam_steps = 0
         self.decided_steps = 0  # steps that took a decision (not overflow steps)
         self.overflow_steps = 0
+        self.partial_steps = 0  # short batches on which a policy that reads x took no decision
         self.passes = 0  # forward/backward passes over the step's whole batch: 1 per ERM step, 2 per SAM step
         self.g_v: list[Tensor] | None = None  # LookSAM direction, aligned with self.params
         self.g_v_norm: Tensor | None = None
@@ -123,13 +126,14 @@ class SAMController:
 
     # ---- the step: measure, decide, act ----
 
-    def maybe_perturb(self, grad_scale: float | None = None) -> bool:
+    def maybe_perturb(self, grad_scale: float | None = None, partial: bool = False) -> bool:
         """Call after the step's full gradient is in `.grad`. Returns True for a SAM step.
 
         SAM step: the weights move to w + e and their gradients are cleared; run forward/backward again on the same
         batch, then call `restore()`. Non-SAM step of a LookSAM policy: the reused direction is added to `.grad`.
         Otherwise `.grad` is left as it is. `grad_scale` is the AMP loss scale the gradients carry, if any (fp16 with
-        a GradScaler): an inf/NaN gradient is then an overflow step, which the scaler skips.
+        a GradScaler): an inf/NaN gradient is then an overflow step, which the scaler skips. `partial` says the step's
+        batch is shorter than the others (the end of an epoch): a policy that reads x then takes an ERM step.
         """
         self.record = record = StepRecord(step=self.t)
         self.t += 1
@@ -145,10 +149,17 @@ class SAMController:
             # x is read on the host only when something depends on it: the adaptive decision, or fp16 overflow
             # detection. The other policies decide without it and keep the device queue full.
             x = self._measure(idx, inv_scale)
-            x_host = self._to_host(x)
+            x_host, partial = self._to_host(x, partial)
             if not math.isfinite(x_host):
                 self._non_finite(x_host, scaled=grad_scale is not None)
                 return False  # an overflow step: no decision, statistics and g_v untouched, nothing perturbed
+        if partial and self.policy.uses_grad_norm:
+            # [choice] ||g||² of a mini-batch grows as the batch shrinks (its noise term scales with 1 / b), so a short
+            # last batch looks sharp to the adaptive rule. Its x is not comparable with the others: no decision and
+            # no statistics update; the step is a plain ERM step.
+            self.partial_steps += 1
+            record.partial = True
+            return False
         record.sam = self._decide(record.step, x_host, keep_undo=grad_scale is not None)
         reuses = not record.sam and self.policy.reuses_direction and self.g_v is not None
         if (record.sam or reuses) and x is None:
@@ -166,11 +177,15 @@ class SAMController:
         self.record.grad_norm_sq = x
         return x
 
-    def _to_host(self, x: Tensor) -> float:
-        if self.broadcast_grad_norm:
-            # Decide from rank 0's value so that every rank takes the same decision, bit for bit.
-            dist.broadcast(x, src=0)
-        return x.item()
+    def _to_host(self, x: Tensor, partial: bool) -> tuple[float, bool]:
+        if not self.broadcast_grad_norm:
+            return x.item(), partial
+        # Decide from rank 0's values so that every rank takes the same decision, bit for bit.
+        both = torch.stack([x.float(), torch.tensor(float(partial), device=x.device)])
+        dist.broadcast(both, src=0)
+        self.record.grad_norm_sq = both[0]
+        x_host, partial_host = both.tolist()
+        return x_host, bool(partial_host)
 
     def _non_finite(self, x: float, scaled: bool) -> None:
         if not scaled:
@@ -299,6 +314,7 @@ class SAMController:
             "sam_steps": self.sam_steps,
             "decided_steps": self.decided_steps,
             "overflow_steps": self.overflow_steps,
+            "partial_steps": self.partial_steps,
             "passes": self.passes,
             "policy": self.policy.state_dict(),
             "policy_name": self.policy.name.value,
@@ -324,6 +340,7 @@ class SAMController:
             )
         for key in ("t", "sam_steps", "decided_steps", "overflow_steps", "passes"):
             setattr(self, key, int(state[key]))
+        self.partial_steps = int(state.get("partial_steps", 0))  # absent from files of aesam_hf 0.1
         if not policy_state:
             return
         self.policy.load_state_dict(state["policy"])

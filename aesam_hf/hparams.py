@@ -19,12 +19,15 @@ class SAMDefaults:
 
     rho: float = 0.05
     adaptive: bool = False
-    looksam_alpha: float = 0.7
+    # [choice] The LookSAM paper's 0.7 collapsed LookSAM on the project's image task (validation 62% against 83.5% at
+    # 0.1) and on the regression test task; 0.1 did not. `--looksam_alpha 0.7` gives the paper's value.
+    looksam_alpha: float = 0.1
     interval: int = 5
     probability: float = 0.5
     delta: float = 0.9
     lambda1: float = -1.0
     lambda2: float = 1.0
+    budget: float | None = None  # off: the paper's schedule alone sets the fraction of SAM steps
 
 
 DEFAULTS = SAMDefaults()
@@ -69,6 +72,12 @@ def _check_finite(value: float, name: str) -> None:
         raise ValueError(f"`{name}` ({value!r}) must be a finite number.")
 
 
+def _check_budget(value: float | None, name: str) -> None:
+    # 0 and 1 are `erm` and `sam`; the threshold that gives them is infinite.
+    if value is not None and not 0.0 < value < 1.0:
+        raise ValueError(f"`{name}` ({value!r}) must be None (off) or in (0, 1): the target fraction of SAM steps.")
+
+
 def _check_bool(value: bool, name: str) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` ({value!r}) must be True or False.")
@@ -83,6 +92,7 @@ _RULES: dict[str, Callable[[Any, str], None]] = {
     "delta": _check_delta,
     "lambda1": _check_finite,
     "lambda2": _check_finite,
+    "budget": _check_budget,
 }
 
 

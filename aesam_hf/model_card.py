@@ -14,6 +14,10 @@ from .policies import POLICIES
 _ANCHOR = "### Framework versions"
 
 
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def card_section(args: AESAMConfig, controller: SAMController | None, optimizer: str) -> str:
     """The section's Markdown; `optimizer` is the optimizer that really took the steps."""
     policy = POLICIES[args.sam_policy]
@@ -28,7 +32,8 @@ def card_section(args: AESAMConfig, controller: SAMController | None, optimizer:
         lines.append(f"- SAM radius rho: {args.sam_rho:g}{' (ASAM, adaptive)' if args.sam_adaptive else ''}")
         fields = [HPARAM_FIELDS[k] for k in policy.hparams if k in HPARAM_FIELDS]
         if fields:
-            lines.append(f"- policy hyper-parameters: {', '.join(f'{f}={getattr(args, f):g}' for f in fields)}")
+            values = ", ".join(f"{f}={_fmt(getattr(args, f))}" for f in fields)
+            lines.append(f"- policy hyper-parameters: {values}")
     if controller is not None and controller.t > 0:
         lines += [
             f"- SAM fraction: {controller.sam_fraction:.3f} (SAM on {controller.sam_steps} of "

@@ -203,7 +203,8 @@ class AESAMTrainerMixin:
         scaler = self.accelerator.scaler
         # `get_scale()` reads the scale on the host: only a policy that can take a SAM step needs it.
         scaled = controller.policy.can_sam and scaler is not None and scaler.is_enabled()
-        if not controller.maybe_perturb(grad_scale=scaler.get_scale() if scaled else None):
+        partial = controller.policy.uses_grad_norm and self._sam_is_partial(micro_batches)
+        if not controller.maybe_perturb(grad_scale=scaler.get_scale() if scaled else None, partial=partial):
             return
         freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
         no_sync = functools.partial(self.accelerator.no_sync, model=model)
@@ -219,6 +220,17 @@ class AESAMTrainerMixin:
             controller.abort()
             raise
         controller.restore()
+
+    def _sam_is_partial(self, micro_batches: list) -> bool:
+        """Whether this step saw fewer examples than a full step (the short batch at the end of an epoch)."""
+        full = self._train_batch_size * self.args.gradient_accumulation_steps
+        seen = 0
+        for inputs, _, _ in micro_batches:
+            tensor = next((v for v in inputs.values() if torch.is_tensor(v) and v.dim() > 0), None)
+            if tensor is None:
+                return False  # no batch dimension to count: treat as full
+            seen += tensor.shape[0]
+        return seen < full
 
     def _sam_resume_hint(self) -> str:
         if self._sam_checkpoint is None:
@@ -307,7 +319,7 @@ def summarize_steps(records: list[StepRecord]) -> dict[str, float]:
     Device values are read here, in one transfer per window rather than one sync per step.
     """
     logs: dict[str, float] = {}
-    decided = [r for r in records if not r.overflow]
+    decided = [r for r in records if not (r.overflow or r.partial)]
     if decided:
         logs["sam/fraction"] = _mean([float(r.sam) for r in decided])
     measured = [r.grad_norm_sq for r in decided if r.grad_norm_sq is not None]
@@ -324,7 +336,10 @@ def summarize_steps(records: list[StepRecord]) -> dict[str, float]:
     geometry = [r.looksam.ratios() for r in decided if r.looksam is not None]
     for key in geometry[0] if geometry else ():
         logs[f"sam/looksam_{key}"] = _mean(torch.stack([g[key] for g in geometry]).tolist())
-    overflow = len(records) - len(decided)
+    overflow = sum(r.overflow for r in records)
     if overflow:
         logs["sam/overflow_steps"] = float(overflow)
+    partial = sum(r.partial for r in records)
+    if partial:
+        logs["sam/partial_steps"] = float(partial)
     return logs

@@ -63,8 +63,9 @@ ALWAYS_SAM = {"sam": {}, "aesam": {"aesam_lambda1": -50.0, "aesam_lambda2": -50.
 def test_nan_in_the_second_pass_stops_before_the_optimizer_and_keeps_checkpoints_clean(tmp_path, optim):
     # Finding 1: the second pass of step index 4 (global step 5) is NaN; checkpoint-3 exists; saving every 3 steps.
     model = NaNOnCalls({2 * 4 + 1})
-    trainer = get_trainer(tmp_path, model=model, optim=optim, max_steps=8, save_strategy="steps", save_steps=3,
-                          **ALWAYS_SAM[optim])  # fmt: skip
+    trainer = get_trainer(
+        tmp_path, model=model, optim=optim, max_steps=8, save_strategy="steps", save_steps=3, **ALWAYS_SAM[optim]
+    )
     weights_before = {}
     trainer.add_callback(_Snapshot(weights_before))
     with pytest.raises(FloatingPointError, match="second pass") as err:
@@ -81,8 +82,9 @@ def test_nan_on_an_unchecked_step_never_reaches_a_checkpoint(tmp_path):
     # Finding 1, the policies without a host sync: periodic's non-SAM steps are stock ERM steps, so a NaN there
     # reaches the weights as in the stock Trainer, but the save guard refuses to write it.
     model = NaNOnCalls({2})  # step 0 is SAM (calls 0, 1); call 2 is the (only) pass of step 1
-    trainer = get_trainer(tmp_path, model=model, optim="periodic", sam_interval=5, max_steps=4,
-                          save_strategy="steps", save_steps=3)  # fmt: skip
+    trainer = get_trainer(
+        tmp_path, model=model, optim="periodic", sam_interval=5, max_steps=4, save_strategy="steps", save_steps=3
+    )
     with pytest.raises(FloatingPointError, match="checkpoint-3 is not written"):
         trainer.train()
     assert not (tmp_path / "checkpoint-3").exists()
@@ -131,9 +133,22 @@ def test_nonfinite_steps_that_went_through_are_logged_under_their_own_name():
 
 def _tiny_bart(**kwargs) -> BartForSequenceClassification:
     torch.manual_seed(0)
-    config = BartConfig(vocab_size=64, d_model=16, encoder_layers=4, decoder_layers=2, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
-                        num_labels=2, pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs)  # fmt: skip
+    config = BartConfig(
+        vocab_size=64,
+        d_model=16,
+        encoder_layers=4,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=32,
+        num_labels=2,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        **kwargs,
+    )
     return BartForSequenceClassification(config)
 
 
@@ -155,8 +170,9 @@ class _BartData(torch.utils.data.Dataset):
 def test_layerdrop_model_trains_with_sam(tmp_path, optim):
     # Finding 4: with encoder_layerdrop, each pass drops its own layers unless the second replays the first's draws.
     model = _tiny_bart(encoder_layerdrop=0.5, dropout=0.2)
-    trainer = get_trainer(tmp_path, model=model, train_dataset=_BartData(), optim=optim, max_steps=6,
-                          learning_rate=1e-3)  # fmt: skip
+    trainer = get_trainer(
+        tmp_path, model=model, train_dataset=_BartData(), optim=optim, max_steps=6, learning_rate=1e-3
+    )
     trainer.train()
     assert trainer._sam_controller.sam_steps >= 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
@@ -180,8 +196,14 @@ def test_the_second_pass_replays_the_first_pass_random_draws_and_the_stream_goes
     def run(optim):
         model = MLPRegressionModel()
         model.net.insert(1, _MaskRecorder())
-        trainer = get_trainer(tmp_path / optim, model=model, optim=optim, max_steps=3, gradient_accumulation_steps=2,
-                              per_device_train_batch_size=4)  # fmt: skip
+        trainer = get_trainer(
+            tmp_path / optim,
+            model=model,
+            optim=optim,
+            max_steps=3,
+            gradient_accumulation_steps=2,
+            per_device_train_batch_size=4,
+        )
         trainer.train()
         return model.net[1].masks
 

@@ -90,3 +90,65 @@ def test_adaptive_defaults_fire_on_about_half_the_steps():
     xs = (1.0 + 0.2 * torch.randn(T, generator=gen, dtype=torch.float64)).tolist()
     fraction = sum(policy.decide(t, x) for t, x in enumerate(xs)) / T
     assert 0.4 < fraction < 0.6
+
+
+# ---- the budget (docs/algorithm.md, "The budget") and the time-matched random baseline ----
+
+
+def _stream(kind: str, n: int, seed: int) -> list[float]:
+    """Synthetic ||g||² streams of different shapes: the normal model is right only for the first."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator=gen, dtype=torch.float64)
+    t = torch.arange(n, dtype=torch.float64)
+    return {
+        "normal": 10 + z,
+        "lognormal": z.exp(),
+        "decaying": 100 * (-t / (n / 3)).exp() + 3 * z.abs(),
+        "heavy_tailed": (z / torch.randn(n, generator=gen, dtype=torch.float64).abs().clamp_min(1e-3)).abs(),
+    }[kind].tolist()
+
+
+@pytest.mark.parametrize("kind", ["normal", "lognormal", "decaying", "heavy_tailed"])
+@pytest.mark.parametrize("budget", [0.2, 0.35, 0.5])
+@pytest.mark.parametrize("cls", [AdaptivePolicy, AELookSAMPolicy])
+def test_budget_lands_the_run_fraction_within_003_of_the_target(cls, budget, kind):
+    for steps in (60, 400, 2000):
+        policy = cls(total_steps=steps, budget=budget)
+        decisions = [policy.decide(t, x) for t, x in enumerate(_stream(kind, steps, seed=steps))]
+        assert abs(sum(decisions) / steps - budget) <= 0.03 + 1e-9, (steps, sum(decisions) / steps)
+
+
+def test_without_a_budget_the_paper_schedule_is_unchanged():
+    xs = _xs(300, seed=4)
+    plain, off = AdaptivePolicy(total_steps=300), AdaptivePolicy(total_steps=300, budget=None)
+    assert [plain.decide(t, x) for t, x in enumerate(xs)] == [off.decide(t, x) for t, x in enumerate(xs)]
+    assert off.shift == 0.0 and off.excess == 0.0
+
+
+def test_budget_keeps_choosing_steps_by_x():
+    # Same budget, same times: the steps AE-SAM picks have larger x than those it skips.
+    xs = _stream("lognormal", 2000, seed=1)
+    policy = AdaptivePolicy(total_steps=2000, budget=0.3)
+    picked = [(policy.decide(t, x), x) for t, x in enumerate(xs)]
+    sam = [x for s, x in picked if s]
+    erm = [x for s, x in picked if not s]
+    assert sum(sam) / len(sam) > 2 * sum(erm) / len(erm)
+
+
+@pytest.mark.parametrize("budget", [None, 0.2, 0.5])
+def test_scheduled_random_draws_at_aesam_expected_rate(budget):
+    from aesam_hf.policies import ScheduledRandomPolicy, normal_tail, threshold_schedule
+
+    steps = 4000
+    policy = ScheduledRandomPolicy(total_steps=steps, budget=budget, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    expected = [torch.rand((), generator=gen).item() < policy.rate(t) for t in range(steps)]
+    decisions = [policy.decide(t, None) for t in range(steps)]
+    assert decisions == expected  # the seeded draws, one per step, against p_t
+    if budget is None:
+        assert policy.rate(0) == pytest.approx(normal_tail(1.0)) and policy.rate(steps) == pytest.approx(0.8413, 1e-3)
+        assert policy.rate(steps // 2) == pytest.approx(normal_tail(threshold_schedule(steps // 2, steps, -1.0, 1.0)))
+    else:
+        assert abs(sum(decisions) / steps - budget) < 0.03
+    late, early = sum(decisions[-steps // 4 :]), sum(decisions[: steps // 4])
+    assert late > early  # SAM steps pile up late, as AE-SAM's do

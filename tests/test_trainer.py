@@ -462,3 +462,61 @@ def test_import_fails_loudly_if_the_checkpoint_hooks_are_gone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "ImportError" in out.stderr and "_load_optimizer_and_scheduler" in out.stderr
+
+
+@pytest.mark.parametrize("optim", ["aesam", "scheduled"])
+def test_budget_holds_in_a_short_trainer_run(tmp_path, optim):
+    data = RegressionDataset(length=400, dim=4)
+    trainer = get_trainer(
+        tmp_path,
+        train_dataset=data,
+        optim=optim,
+        aesam_budget=0.35,
+        max_steps=100,
+        logging_steps=100,
+        learning_rate=0.01,
+    )
+    trainer.train()
+    controller = trainer._sam_controller
+    tolerance = 0.03 if optim == "aesam" else 0.1  # `scheduled` draws: 100 Bernoulli draws have a std of 0.048
+    assert abs(controller.sam_fraction - 0.35) <= tolerance, controller.sam_fraction
+    assert controller.passes == 100 + controller.sam_steps
+
+
+def test_a_short_last_batch_takes_no_adaptive_decision(tmp_path):
+    # 20 examples, batch 8: steps of 8, 8, 4 examples per epoch. The short one's ||g||² is not comparable.
+    data = RegressionDataset(length=20, dim=4)
+    trainer = get_trainer(tmp_path, train_dataset=data, optim="aesam", max_steps=6, **SEQUENTIAL)
+    trainer.train()
+    logs = sam_logs(trainer)
+    assert [h.get("sam/partial_steps") for h in logs] == [None, None, 1.0, None, None, 1.0]
+    assert ["sam/mu" in h for h in logs] == [True, True, False, True, True, False]
+    controller = trainer._sam_controller
+    assert (controller.partial_steps, controller.decided_steps, controller.t) == (2, 4, 6)
+    # The statistics skip the short steps: mu after step 3 is the EMA of the x of steps 0, 1 and 3 only.
+    xs = [h["sam/grad_norm_sq"] for h in logs if "sam/grad_norm_sq" in h]
+    mu = 0.0
+    for x in xs[:3]:
+        mu = 0.9 * mu + 0.1 * x
+    assert logs[3]["sam/mu"] == pytest.approx(mu, rel=1e-9)
+
+
+def test_non_adaptive_policies_ignore_short_batches(tmp_path):
+    data = RegressionDataset(length=20, dim=4)
+    trainer = get_trainer(tmp_path, train_dataset=data, optim="periodic", sam_interval=1, max_steps=3, **SEQUENTIAL)
+    trainer.train()
+    assert trainer._sam_controller.partial_steps == 0 and trainer._sam_controller.sam_steps == 3
+
+
+@pytest.mark.parametrize("optim", ["looksam", "aelooksam"])
+def test_looksam_defaults_do_not_diverge(tmp_path, optim):
+    # At the LookSAM paper's alpha = 0.7 both policies end 40-80% above ERM's training loss on this task.
+    def final_loss(**kwargs):
+        data = RegressionDataset(length=512, dim=4)
+        trainer = get_trainer(
+            tmp_path / str(kwargs), train_dataset=data, max_steps=150, learning_rate=0.02, logging_steps=150, **kwargs
+        )
+        return trainer.train().training_loss
+
+    erm = final_loss(optim="erm")
+    assert final_loss(optim=optim) <= 1.15 * erm
