@@ -137,14 +137,16 @@ class AESAMTrainerMixin:
             if enabled:
                 refuse_sharded_backend(backend, True, f"Accelerate's {backend} plugin")
         # A launcher (torchrun, `accelerate launch`) started several processes, but transformers set up none of them
-        # for data parallelism: without GPUs it joins the gloo group only with `use_cpu`. Each rank would then train
-        # its own copy on the full data and overwrite the others' checkpoints; the stock Trainer only warns.
+        # for data parallelism: without accelerators it joins the gloo group only with `use_cpu`, which AESAMConfig
+        # sets by itself unless told otherwise. Each rank would then train its own copy on the full data and
+        # overwrite the others' checkpoints; the stock Trainer only warns.
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and self.args.world_size == 1:
             raise ValueError(
                 f"`use_cpu` ({self.args.use_cpu}): {dist.get_world_size()} processes were launched, but the Trainer "
                 f"runs each one alone (`parallel_mode` {self.args.parallel_mode.value!r}), so every rank would train "
-                "its own copy. On a machine without GPUs pass `--use_cpu` (`use_cpu=True`) or set "
-                "ACCELERATE_USE_CPU=true, so that the ranks form one DDP group over gloo."
+                "its own copy. On a machine without GPUs add `--use_cpu true` (`use_cpu=True`), or set "
+                f"ACCELERATE_USE_CPU=true (it is {os.environ.get('ACCELERATE_USE_CPU')!r}), so that the ranks form one "
+                "DDP group over gloo."
             )
         if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
             _destroy_gloo_group_at_exit()
