@@ -103,5 +103,5 @@ def make_aesam_trainer(
     return type(name, (AESAMTrainerMixin, trainer_class), namespace)
 
 
-AESAMSeq2SeqConfig = make_aesam_config(Seq2SeqTrainingArguments)
+AESAMSeq2SeqConfig = make_aesam_config(Seq2SeqTrainingArguments, name="AESAMSeq2SeqConfig")
 AESAMSeq2SeqTrainer = make_aesam_trainer(Seq2SeqTrainer, AESAMSeq2SeqConfig)
