@@ -133,6 +133,9 @@ def test_the_gpu_check_without_cuda_says_so_and_exits_0():
 
 
 def test_the_gpu_check_arguments():
+    from transformers import HfArgumentParser
+
+    assert "--precisions" in HfArgumentParser(gpu_check.GPUCheckArguments).format_help()
     args = gpu_check.GPUCheckArguments()
     assert (args.precisions, args.batch_size, args.seq_len) == (["bf16", "fp16"], 32, 128)
     config = gpu_check.bert_base_config()

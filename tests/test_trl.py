@@ -6,6 +6,10 @@ count at every step, while SAM's update makes the weights differ.
 """
 
 import dataclasses
+import importlib
+import importlib.metadata
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +17,7 @@ from testing_utils import require_module
 from transformers import HfArgumentParser, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 
-pytestmark = require_module("trl")
+needs_trl = require_module("trl")
 
 WORDS = "the a cat dog bird sat ran flew on under over mat log tree red blue big small quickly slowly and then".split()
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
@@ -80,9 +84,33 @@ def assert_recorded_once(sam, erm, steps: int) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(sam.model.parameters(), erm.model.parameters()))
 
 
+# ---- without trl: aesam_hf does not need it, the integration says how to get it ----
+
+
+def test_aesam_hf_imports_without_trl():
+    code = "import sys, aesam_hf, aesam_hf.integrations, aesam_hf.run; print('trl' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_the_trl_integration_names_the_extra_when_trl_is_missing(monkeypatch):
+    real_version = importlib.metadata.version
+
+    def version(name):
+        if name == "trl":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.delitem(sys.modules, "aesam_hf.integrations.trl", raising=False)
+    with pytest.raises(ImportError, match=r"trl >= 1.16, which is not installed: pip install 'aesam_hf\[trl\]'"):
+        importlib.import_module("aesam_hf.integrations.trl")
+
+
 # ---- configs: TRL's defaults kept, `optim` defaults to aesam ----
 
 
+@needs_trl
 @pytest.mark.parametrize("name", ["SFT", "DPO"])
 def test_config_keeps_every_trl_default_but_optim(tmp_path, name):
     import trl
@@ -102,6 +130,7 @@ def test_config_keeps_every_trl_default_but_optim(tmp_path, name):
     assert ours.optim == "aesam" and ours.sam_base_optim == "adamw_torch"
 
 
+@needs_trl
 def test_sft_config_defaults_are_trls_not_the_stock_ones(tmp_path):
     from aesam_hf.integrations.trl import AESAMSFTConfig
 
@@ -110,6 +139,7 @@ def test_sft_config_defaults_are_trls_not_the_stock_ones(tmp_path):
     assert (args.learning_rate, args.bf16, args.gradient_checkpointing, args.logging_steps) == (2e-5, True, True, 10)
 
 
+@needs_trl
 def test_optim_aesam_parses_from_the_command_line(tmp_path):
     from aesam_hf import SAMPolicyName
     from aesam_hf.integrations.trl import AESAMDPOConfig, AESAMSFTConfig
@@ -123,6 +153,7 @@ def test_optim_aesam_parses_from_the_command_line(tmp_path):
         AESAMSFTConfig(output_dir=str(tmp_path), use_cpu=True, sam_rho=-1.0)
 
 
+@needs_trl
 def test_the_factory_serves_another_trl_trainer(tmp_path):
     import pickle
 
@@ -192,6 +223,7 @@ def dpo_run(tmp_path, optim: str, steps: int = 4):
     return trainer
 
 
+@needs_trl
 def test_sft_sam_records_the_metrics_of_an_erm_run(tmp_path):
     sam, erm = sft_run(tmp_path, "sam"), sft_run(tmp_path, "erm")
     assert_recorded_once(sam, erm, steps=6)
@@ -202,6 +234,7 @@ def test_sft_sam_records_the_metrics_of_an_erm_run(tmp_path):
     assert sam.args.bf16 and sam.args.gradient_checkpointing and sam.model.is_gradient_checkpointing
 
 
+@needs_trl
 def test_dpo_sam_records_the_metrics_of_an_erm_run(tmp_path):
     sam, erm = dpo_run(tmp_path, "sam"), dpo_run(tmp_path, "erm")
     assert_recorded_once(sam, erm, steps=4)
@@ -210,6 +243,7 @@ def test_dpo_sam_records_the_metrics_of_an_erm_run(tmp_path):
     assert first["rewards/chosen"] != 0.0
 
 
+@needs_trl
 def test_metrics_in_a_logging_window_are_one_per_step(tmp_path):
     """With gradient accumulation and a window of 3 steps, SAM and ERM append as many values per window."""
     from aesam_hf.integrations.trl import AESAMSFTTrainer
@@ -228,6 +262,7 @@ def test_metrics_in_a_logging_window_are_one_per_step(tmp_path):
     assert counts == {"sam": [6, 6], "erm": [6, 6]}  # 3 steps x 2 micro-batches
 
 
+@needs_trl
 def test_a_plain_aesam_config_is_converted_keeping_its_values(tmp_path):
     from datasets import Dataset
 
