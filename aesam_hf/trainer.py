@@ -141,12 +141,13 @@ class AESAMTrainerMixin:
         # sets by itself unless told otherwise. Each rank would then train its own copy on the full data and
         # overwrite the others' checkpoints; the stock Trainer only warns.
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and self.args.world_size == 1:
+            flag = os.environ.get("ACCELERATE_USE_CPU")
             raise ValueError(
                 f"`use_cpu` ({self.args.use_cpu}): {dist.get_world_size()} processes were launched, but the Trainer "
                 f"runs each one alone (`parallel_mode` {self.args.parallel_mode.value!r}), so every rank would train "
                 "its own copy. On a machine without GPUs add `--use_cpu true` (`use_cpu=True`), or set "
-                f"ACCELERATE_USE_CPU=true (it is {os.environ.get('ACCELERATE_USE_CPU')!r}), so that the ranks form one "
-                "DDP group over gloo."
+                "ACCELERATE_USE_CPU=true" + (f" (it is {flag!r})" if flag is not None else "") + ", so that the "
+                "ranks form one DDP group over gloo."
             )
         if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
             _destroy_gloo_group_at_exit()
@@ -186,7 +187,8 @@ class AESAMTrainerMixin:
             )
             values = args.to_dict()
             values["hub_token"] = args.hub_token  # `to_dict` hides it
-            return paired(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(paired)}})
+            names = {f.name for f in dataclasses.fields(paired) if f.init}
+            return paired(**{k: v for k, v in values.items() if k in names})
         return args
 
     @property
