@@ -1,6 +1,6 @@
 # Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
 # torch==2.13.0 goes in first: it is a local CPU build here, any other spec pulls a multi-GB CUDA build.
-.PHONY: install data demo test test-fast bench quality style clean
+.PHONY: install data demo test test-fast bench gpu-check quality style clean
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -67,6 +67,14 @@ bench: install data
 	$(PY) -m benchmarks.accuracy --output_dir outputs/bench/accuracy
 	$(PY) -m benchmarks.looksam_alpha --output_dir outputs/bench/looksam_alpha
 	$(PY) -m benchmarks.report --results_dir outputs/bench --docs_dir docs
+
+# On a CUDA machine: the tests marked `gpu`, then step cost and peak memory of stock/erm/sam/aesam on a BERT-base-sized
+# model in bf16 and fp16 (benchmarks/gpu_check.py); under 8 minutes on one H100, outputs/gpu_check/gpu_check.{json,md}.
+# Without CUDA it says so and exits 0. It runs with .venv's python when there is one (no install: this venv's torch is a
+# CPU build), else with python3, i.e. the GPU machine's own CUDA torch; `make gpu-check GPU_PYTHON=...` chooses.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PYTHON) -m benchmarks.gpu_check --output outputs/gpu_check/gpu_check.json
 
 test-fast: install
 	$(PY) -m pytest tests -m "not slow and not distributed"

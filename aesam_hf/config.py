@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
+from transformers.utils import logging, strtobool
 
 from .hparams import DEFAULTS, check
 from .policies import SAMPolicyName
 
+
+logger = logging.get_logger(__name__)
 
 POLICY_NAMES: tuple[str, ...] = tuple(p.value for p in SAMPolicyName)
 STOCK_OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in OptimizerNames)
@@ -115,6 +119,24 @@ def _requested_sharding(args: TrainingArguments) -> tuple[str, Any, str] | None:
     return None
 
 
+def _launcher_wants_cpu() -> str | None:
+    """Why this process must train on the CPU although `use_cpu` is False, or None. See `AESAMConfig.use_cpu`.
+
+    `accelerate launch` with a `distributed_type: MULTI_GPU` config (how configs/accelerate/multi_cpu.yaml starts
+    several CPU processes) hands them to torchrun and passes the config's `use_cpu: true` on to none of them, and
+    torchrun says nothing about devices. Without `use_cpu`, transformers joins no gloo group on a machine without
+    accelerators, and each process would train alone.
+    """
+    flag = os.environ.get("ACCELERATE_USE_CPU")
+    if flag is not None:
+        # Said explicitly (accelerate's single-process launcher always says it): obeyed either way.
+        return "ACCELERATE_USE_CPU=true" if strtobool(flag) else None
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not torch.accelerator.is_available():
+        return f"a launcher started {world_size} processes (WORLD_SIZE) on a machine without accelerators"
+    return None
+
+
 @dataclass
 class AESAMConfig(TrainingArguments):
     r"""
@@ -166,7 +188,9 @@ class AESAMConfig(TrainingArguments):
             `adamw_torch` continued with `aesam`.
 
     The default of `optim` changes from the stock `"adamw_torch_fused"` to `"aesam"`; its base optimizer defaults to
-    `"adamw_torch"`.
+    `"adamw_torch"`. `use_cpu` is set to `True` when `ACCELERATE_USE_CPU=true`, and when a launcher (torchrun,
+    `accelerate launch`) started several processes on a machine without accelerators, so that they form one DDP group
+    over gloo; `ACCELERATE_USE_CPU=false` turns the latter off.
     """
 
     optim: str = field(
@@ -233,6 +257,10 @@ class AESAMConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        cpu_reason = None if self.use_cpu else _launcher_wants_cpu()
+        if cpu_reason is not None:
+            logger.info(f"`use_cpu` set to True: {cpu_reason}.")
+            self.use_cpu = True
         # Normalise: names become plain strings, and `sam_base_optim` the optimizer that really takes the steps.
         self.optim = _plain(self.optim)
         _, self.sam_base_optim = split_optim(self.optim, self.sam_base_optim)

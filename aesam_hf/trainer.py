@@ -12,9 +12,11 @@ what is in `.grad` when `training_step` returns on the last micro-batch.
 import atexit
 import contextlib
 import copy
+import dataclasses
 import functools
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,6 +65,29 @@ def _destroy_gloo_group_at_exit() -> None:
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 
 
+def _snapshot(value: Any) -> Any:
+    """A copy of a metrics container deep enough to restore it: nested dicts down to their lists."""
+    if isinstance(value, dict):
+        return {key: _snapshot(item) for key, item in value.items()}
+    return list(value) if isinstance(value, list) else value
+
+
+def _restore(target: dict, saved: dict) -> None:
+    """Put `saved` back into `target` in place, so that a `defaultdict` stays one and outside references hold."""
+    for key in [k for k in target if k not in saved]:
+        del target[key]
+    for key, item in saved.items():
+        if isinstance(item, dict) and isinstance(target.get(key), dict):
+            _restore(target[key], item)
+        else:
+            target[key] = _snapshot(item)
+
+
+def _counters(obj: Any) -> dict[str, int | float]:
+    """The numeric attributes of an object (the trainer's token totals, the state's `num_input_tokens_seen`)."""
+    return {k: v for k, v in vars(obj).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 class _SAMCallback(TrainerCallback):
     """Builds the controller when `train()` starts, and keeps non-finite weights out of checkpoints."""
 
@@ -85,36 +110,44 @@ class _SAMCallback(TrainerCallback):
 class AESAMTrainerMixin:
     """Adds the SAM policies of `AESAMConfig` to any `transformers.Trainer` subclass.
 
-    Put it first in the bases, e.g. `class MySFTTrainer(AESAMTrainerMixin, SFTTrainer)`; `args` must be an
-    `AESAMConfig`. Subclasses whose `compute_loss` records metrics will record them twice on SAM steps (the second
-    pass runs `compute_loss` again at w + e).
+    Put it first in the bases, e.g. `class MySFTTrainer(AESAMTrainerMixin, SFTTrainer)`, or build the pair with
+    `aesam_hf.integrations.make_aesam_config` / `make_aesam_trainer`; `args` must be an `AESAMConfig`. What
+    `compute_loss` records (`self._metrics`, numeric counters such as TRL's token totals) is recorded once per step:
+    the second pass of a SAM step runs it again at w + e, and `_sam_unrecorded` drops what that pass recorded.
     """
 
     _tag_names = [_TAG]
+    # The config class this trainer pairs with: the default `args`, and what a plain `AESAMConfig` is converted to (as
+    # TRL converts a plain `TrainingArguments` to its own config). `make_aesam_trainer` sets it.
+    aesam_config_class: type[AESAMConfig] = AESAMConfig
 
     def __init__(self, *args, **kwargs):
-        if len(args) < 2 and kwargs.get("args") is None:
-            # As the stock Trainer does with TrainingArguments: defaults, i.e. AE-SAM with AdamW.
-            kwargs["args"] = AESAMConfig(output_dir="trainer_output")
+        if len(args) >= 2:
+            args = (args[0], self._sam_paired_args(args[1]), *args[2:])
+        else:
+            kwargs["args"] = self._sam_paired_args(kwargs.get("args"))
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, AESAMConfig):
             raise ValueError(
-                f"`args` must be an AESAMConfig, got {type(self.args).__name__}; build it with AESAMConfig(...) or "
-                "HfArgumentParser(AESAMConfig)."
+                f"`args` must be an AESAMConfig, got {type(self.args).__name__}; build it with "
+                f"{self.aesam_config_class.__name__}(...) or HfArgumentParser({self.aesam_config_class.__name__})."
             )
         # Accelerate can switch these on from its own config (`accelerate launch --use_fsdp`), not only from args.
         for backend, enabled in (("DeepSpeed", self.is_deepspeed_enabled), ("FSDP", self.is_fsdp_enabled)):
             if enabled:
                 refuse_sharded_backend(backend, True, f"Accelerate's {backend} plugin")
         # A launcher (torchrun, `accelerate launch`) started several processes, but transformers set up none of them
-        # for data parallelism: without GPUs it joins the gloo group only with `use_cpu`. Each rank would then train
-        # its own copy on the full data and overwrite the others' checkpoints; the stock Trainer only warns.
+        # for data parallelism: without accelerators it joins the gloo group only with `use_cpu`, which AESAMConfig
+        # sets by itself unless told otherwise. Each rank would then train its own copy on the full data and
+        # overwrite the others' checkpoints; the stock Trainer only warns.
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and self.args.world_size == 1:
+            flag = os.environ.get("ACCELERATE_USE_CPU")
             raise ValueError(
                 f"`use_cpu` ({self.args.use_cpu}): {dist.get_world_size()} processes were launched, but the Trainer "
                 f"runs each one alone (`parallel_mode` {self.args.parallel_mode.value!r}), so every rank would train "
-                "its own copy. On a machine without GPUs pass `--use_cpu` (`use_cpu=True`) or set "
-                "ACCELERATE_USE_CPU=true, so that the ranks form one DDP group over gloo."
+                "its own copy. On a machine without GPUs add `--use_cpu true` (`use_cpu=True`), or set "
+                "ACCELERATE_USE_CPU=true" + (f" (it is {flag!r})" if flag is not None else "") + ", so that the "
+                "ranks form one DDP group over gloo."
             )
         if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
             _destroy_gloo_group_at_exit()
@@ -137,6 +170,53 @@ class AESAMTrainerMixin:
         self.add_callback(_SAMCallback(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._sam_model_tags)
+
+    def _sam_paired_args(self, args: Any) -> Any:
+        """The `args` to hand to the wrapped Trainer: defaults when None, a plain AESAMConfig as the paired class."""
+        paired = self.aesam_config_class
+        if args is None:
+            # As the stock Trainer does with TrainingArguments: defaults, i.e. AE-SAM with AdamW.
+            return paired(output_dir="trainer_output")
+        if isinstance(args, AESAMConfig) and not isinstance(args, paired):
+            # The values are the AESAMConfig's, so the paired class's own defaults of stock fields are not applied:
+            # what TRL does with a plain TrainingArguments, said out loud here.
+            logger.warning(
+                f"`args` is a {type(args).__name__}; converted to {paired.__name__}, keeping its values (the "
+                f"defaults {paired.__name__} sets for stock fields such as `learning_rate` do not apply). Build "
+                f"{paired.__name__}(...) to get them."
+            )
+            values = args.to_dict()
+            values["hub_token"] = args.hub_token  # `to_dict` hides it
+            names = {f.name for f in dataclasses.fields(paired) if f.init}
+            return paired(**{k: v for k, v in values.items() if k in names})
+        return args
+
+    @property
+    def in_sam_second_pass(self) -> bool:
+        """True while the second pass of a SAM step runs (at w + e): for subclasses that record outside `_metrics`."""
+        return self._sam_controller is not None and self._sam_controller._active is not None
+
+    @contextlib.contextmanager
+    def _sam_unrecorded(self) -> Iterator[None]:
+        """Drop what the second pass of a SAM step records, so that every metric is the first pass's, as under ERM.
+
+        `compute_loss` runs again at w + e; TRL's trainers (and subclasses that follow their convention) record into
+        `self._metrics[mode][key]` lists and numeric counters on the trainer (`_total_train_tokens`), and the stock
+        Trainer counts into `self.state` (`num_input_tokens_seen`, `total_flos`). All of them are restored here.
+        """
+        metrics = getattr(self, "_metrics", None)
+        saved_metrics = _snapshot(metrics) if isinstance(metrics, dict) else None
+        saved_counters = _counters(self)
+        saved_state = _counters(self.state)
+        try:
+            yield
+        finally:
+            if saved_metrics is not None:
+                _restore(metrics, saved_metrics)
+            for name, value in saved_counters.items():
+                setattr(self, name, value)
+            for name, value in saved_state.items():
+                setattr(self.state, name, value)
 
     @property
     def _sam_model_tags(self) -> list[str]:
@@ -209,7 +289,7 @@ class AESAMTrainerMixin:
         freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
         no_sync = functools.partial(self.accelerator.no_sync, model=model)
         try:
-            with freeze:
+            with freeze, self._sam_unrecorded():
                 for i, (mb_inputs, mb_items, rng) in enumerate(micro_batches):
                     # As in the stock loop: DDP all-reduces once, on the last micro-batch of the pass.
                     last = i == len(micro_batches) - 1

@@ -9,8 +9,7 @@ seed; the figure plots the score against cost and, for the adaptive policy, its 
     python -m benchmarks.compare                      # `make demo`: ViT on Fashion-MNIST, AdamW vs SAM vs AE-SAM
     python -m benchmarks.compare --task glue --policies adamw_torch sam aesam aelooksam --seeds 1 2 3
     python -m benchmarks.compare --policies adamw_torch aesam -- --label_noise 0.4 --max_steps 400
-    python -m benchmarks.compare --launcher "accelerate launch --config_file configs/accelerate/multi_cpu.yaml" \
-        -- --use_cpu true
+    python -m benchmarks.compare --launcher "accelerate launch --config_file configs/accelerate/multi_cpu.yaml"
 
 Flags after `--` go to every run of the example script, after the experiment config (so they override it). Run it
 from the repository root: the experiment configs name their data relative to it.

@@ -14,7 +14,7 @@ experiment JSON followed by flags that override it, computes GLUE's metrics loca
         --output_dir outputs/glue_fortunes_minilm_sam
     # The same under 2 processes
     accelerate launch --config_file configs/accelerate/multi_cpu.yaml examples/run_glue.py \
-        configs/experiments/glue_fortunes_minilm.json --use_cpu true
+        configs/experiments/glue_fortunes_minilm.json
 """
 
 import json

@@ -84,8 +84,16 @@ def test_accelerate_configs_load(name, distributed_type, num_processes, mixed_pr
 
 
 @pytest.mark.distributed
-def test_accelerate_launch_starts_two_cpuload_ranks(tmp_path):
-    args = TRAIN_ARGS + ["--output_dir", tmp_path, "--optim", "aesam", "--max_steps", "6"]
+def test_accelerate_launch_with_the_multi_cpu_yaml_alone_forms_two_ranks(tmp_path):
+    # No `--use_cpu`: the yaml's `use_cpu: true` does not reach the workers, AESAMConfig infers it.
+    args = [a for a in TRAIN_ARGS if a != "--use_cpu"] + [
+        "--output_dir",
+        tmp_path,
+        "--optim",
+        "aesam",
+        "--max_steps",
+        "6",
+    ]
     job = accelerate_launch(TRAIN, args, config_file=MULTI_CPU_CONFIG, timeout=120)
     assert job.returncode == 0, job.output[-3000:]
     ranks = load_ranks(tmp_path)
@@ -96,13 +104,35 @@ def test_accelerate_launch_starts_two_cpuload_ranks(tmp_path):
 
 
 @pytest.mark.distributed
-def test_accelerate_launch_on_cpu_without_use_cpu_is_refused(tmp_path):
-    # Without `--use_cpu`, transformers would run each of the two processes alone, each training its own copy.
+def test_several_processes_told_not_to_use_the_cpu_on_a_machine_without_accelerators_are_refused(tmp_path):
+    # ACCELERATE_USE_CPU=false turns the inference off: transformers would run each process alone, each training its
+    # own copy; the error says what to add.
     args = [a for a in TRAIN_ARGS if a != "--use_cpu"] + ["--output_dir", tmp_path, "--max_steps", "2"]
-    job = accelerate_launch(TRAIN, args, config_file=MULTI_CPU_CONFIG, timeout=120)
+    job = torchrun(TRAIN, args, timeout=120, env={"ACCELERATE_USE_CPU": "false"})
     assert job.returncode != 0
     assert "`use_cpu` (False): 2 processes were launched" in job.output, job.output[-3000:]
+    assert "add `--use_cpu true`" in job.output
     assert not (tmp_path / "rank0.pt").exists()
+
+
+def test_use_cpu_is_inferred_from_the_launch(tmp_path, monkeypatch):
+    from aesam_hf import AESAMConfig
+    from aesam_hf.config import _launcher_wants_cpu
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert _launcher_wants_cpu() is None  # one process: transformers picks the device
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    assert "2 processes" in _launcher_wants_cpu()
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert _launcher_wants_cpu() is None  # GPUs: each process takes one
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    assert _launcher_wants_cpu() is None  # said explicitly
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    assert AESAMConfig(output_dir=str(tmp_path), report_to="none").use_cpu
 
 
 FSDP2_CONFIG = """\

@@ -2,7 +2,7 @@
 
 Reusable from any test:
 
-    result = accelerate_launch(EXAMPLES / "run_glue.py", ["--max_steps", "4", "--use_cpu", ...], timeout=300)
+    result = accelerate_launch(EXAMPLES / "run_glue.py", ["--max_steps", "4", ...], timeout=300)
     assert result.returncode == 0, result.output[-3000:]
 
 Every job gets a free rendezvous port (tests run side by side without "address in use") and `OMP_NUM_THREADS=1` (two
@@ -27,12 +27,13 @@ import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
-# Two CPU processes on this machine (DDP over gloo); the script must be given `--use_cpu`.
+# Two CPU processes on this machine (DDP over gloo); AESAMConfig sets `use_cpu` by itself (see the yaml).
 MULTI_CPU_CONFIG = ACCELERATE_CONFIGS / "multi_cpu.yaml"
 
 
-# train_regression.py flags shared by the multi-process tests: the tiny regression task, logged at every step. A
-# bounded `ddp_timeout`: a rank left waiting in a collective gives up after a minute instead of the default 30.
+# train_regression.py flags shared by the multi-process tests: the tiny regression task, logged at every step.
+# `--use_cpu` keeps them on the CPU on a machine with GPUs too. A bounded `ddp_timeout`: a rank left waiting in a
+# collective gives up after a minute instead of the default 30.
 REGRESSION_ARGS = (
     "--use_cpu --report_to none --disable_tqdm true --logging_steps 1 --seed 42 --per_device_train_batch_size 4 "
     "--train_sampling_strategy sequential --learning_rate 0.05 --lr_scheduler_type constant --sam_rho 0.5 "

@@ -1,0 +1,163 @@
+"""What needs a CUDA GPU (marked `gpu`, skipped without one; `make gpu-check` runs them), and the GPU check's own
+CPU paths (its exit without CUDA, its arguments, its measurements on a tiny model).
+
+On the GPU: fp16 with the GradScaler Accelerate builds (the SAM norm is taken on unscaled gradients), bf16 autocast
+(no scaler), and an fp16 overflow planted in the first or the second pass of a SAM step (a skipped step that leaves
+the weights and the policy's statistics as they were, and halves the loss scale).
+"""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from example_utils import ROOT
+from testing_utils import TokenDataset, get_trainer, sam_logs, tiny_bert
+from transformers import TrainerCallback
+
+from benchmarks import gpu_check
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# Every step a SAM step, through the policy that keeps statistics (a threshold far below any ||g||²).
+ALWAYS_AESAM = dict(optim="aesam", aesam_lambda1=-50.0, aesam_lambda2=-50.0)
+
+
+class Recorder(TrainerCallback):
+    """After every optimizer step: the weights, the policy's state and the loss scale."""
+
+    def __init__(self, trainer):
+        self.trainer, self.weights, self.policy, self.scales = trainer, [], [], []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        self.policy.append(dict(self.trainer._sam_controller.policy.state_dict()))
+        scaler = self.trainer.accelerator.scaler
+        self.scales.append(scaler.get_scale() if scaler is not None else None)
+
+
+def cuda_trainer(tmp_path, **kwargs):
+    """The tiny BERT on the GPU (the Trainer moves it there), logging every step."""
+    return get_trainer(tmp_path, model=tiny_bert(), train_dataset=TokenDataset(), use_cpu=False, **kwargs)
+
+
+def first_grad_norm_sq(trainer) -> float:
+    """||g||² of the first step that measured it; only overflow steps (which leave the weights) come before it."""
+    return next(h["sam/grad_norm_sq"] for h in sam_logs(trainer) if "sam/grad_norm_sq" in h)
+
+
+@pytest.mark.parametrize("optim", ["sam", "aesam"])
+@pytest.mark.gpu
+@requires_cuda
+def test_fp16_with_the_real_grad_scaler(tmp_path, optim):
+    reference = cuda_trainer(tmp_path / "fp32", optim=optim, max_steps=1)
+    reference.train()
+    trainer = cuda_trainer(tmp_path / "fp16", optim=optim, fp16=True, max_steps=6)
+    trainer.train()
+    scaler = trainer.accelerator.scaler
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled() and scaler.get_scale() > 1.0
+    assert next(trainer.model.parameters()).device.type == "cuda"
+    controller = trainer._sam_controller
+    assert controller.sam_steps > 0
+    # ||g||² at the initial weights: unscaled (a scaled one would be ~scale² times larger). The first steps may
+    # overflow at the GradScaler's initial scale of 2^16: they are skipped and leave the weights as they were.
+    assert first_grad_norm_sq(trainer) == pytest.approx(first_grad_norm_sq(reference), rel=0.05)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_bf16_autocast_takes_sam_steps_without_a_scaler(tmp_path):
+    reference = cuda_trainer(tmp_path / "fp32", optim="sam", max_steps=1)
+    reference.train()
+    sam = cuda_trainer(tmp_path / "sam", optim="sam", bf16=True, max_steps=4)
+    sam.train()
+    erm = cuda_trainer(tmp_path / "erm", optim="erm", bf16=True, max_steps=4)
+    erm.train()
+    assert sam.accelerator.mixed_precision == "bf16" and sam.accelerator.scaler is None
+    assert sam._sam_controller.sam_steps == 4 and [h["sam/passes"] for h in sam_logs(sam)] == [2.0, 4.0, 6.0, 8.0]
+    assert first_grad_norm_sq(sam) == pytest.approx(first_grad_norm_sq(reference), rel=0.05)
+    assert any(not torch.equal(a, b) for a, b in zip(sam.model.parameters(), erm.model.parameters()))
+    assert all(torch.isfinite(p).all() for p in sam.model.parameters())
+
+
+@pytest.mark.parametrize("which_pass", ["first", "second"])
+@pytest.mark.gpu
+@requires_cuda
+def test_fp16_overflow_in_either_pass_is_a_skipped_step(tmp_path, which_pass):
+    trainer = cuda_trainer(tmp_path, fp16=True, max_steps=5, **ALWAYS_AESAM)
+    # A real CUDA GradScaler, started at a scale low enough that only the planted inf overflows.
+    trainer.accelerator.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**8)
+    at = 2  # 0-based: the third optimizer step
+    param = trainer.model.bert.encoder.layer[0].attention.self.query.weight
+    active = {"step": False}
+
+    class Plant(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            active["step"] = state.global_step == at
+
+    def hook(grad):
+        in_second = trainer.in_sam_second_pass
+        if active["step"] and in_second == (which_pass == "second"):
+            return torch.full_like(grad, float("inf"))
+        return grad
+
+    param.register_hook(hook)
+    recorder = Recorder(trainer)
+    trainer.add_callback(Plant())
+    trainer.add_callback(recorder)
+    trainer.train()
+
+    controller = trainer._sam_controller
+    assert controller.overflow_steps == 1, [h.get("sam/overflow_steps") for h in sam_logs(trainer)]
+    assert sam_logs(trainer)[at].get("sam/overflow_steps") == 1.0
+    for name, w in recorder.weights[at].items():
+        assert torch.equal(w, recorder.weights[at - 1][name]), f"the skipped step moved {name}"
+    assert recorder.policy[at] == recorder.policy[at - 1]  # mu and var untouched (undone after a second pass)
+    assert recorder.scales[at] == recorder.scales[at - 1] / 2  # the GradScaler saw the overflow
+    assert controller.sam_steps == 4  # a second-pass overflow is not counted as a SAM step either
+    assert all(math.isfinite(v) for p in trainer.model.parameters() for v in p.detach().flatten()[:8].tolist())
+
+
+# ---- benchmarks/gpu_check.py on this machine ----
+
+
+def test_the_gpu_check_without_cuda_says_so_and_exits_0():
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA device, on any machine
+    job = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert job.stdout.strip().splitlines()[-1] == gpu_check.NO_CUDA
+
+
+def test_the_gpu_check_arguments():
+    from transformers import HfArgumentParser
+
+    assert "--precisions" in HfArgumentParser(gpu_check.GPUCheckArguments).format_help()
+    args = gpu_check.GPUCheckArguments()
+    assert (args.precisions, args.batch_size, args.seq_len) == (["bf16", "fp16"], 32, 128)
+    config = gpu_check.bert_base_config()
+    assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (768, 12, 3072)
+    with pytest.raises(ValueError, match="precisions"):
+        gpu_check.GPUCheckArguments(precisions=["fp8"])
+    with pytest.raises(ValueError, match="warmup"):
+        gpu_check.GPUCheckArguments(steps=5, warmup=5)
+    with pytest.raises(ValueError, match="rounds"):
+        gpu_check.GPUCheckArguments(rounds=0)
+
+
+def test_the_gpu_check_measures_every_variant_on_a_tiny_model():
+    """The measuring code on the CPU in bf16 (the numbers mean nothing here): every variant ran, the table is whole."""
+    args = gpu_check.GPUCheckArguments(steps=3, warmup=1, rounds=1, batch_size=4, seq_len=8, skip_tests=True)
+    config = gpu_check.bert_base_config(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    result = gpu_check.measure("bf16", args, config)
+    assert set(result["step_ms"]) == set(gpu_check.VARIANTS)
+    assert all(run["steps"] == 3 for runs in result["runs"].values() for run in runs)
+    assert [run["sam_fraction"] for run in result["runs"]["sam"]] == [1.0]
+    assert result["sam_over_erm"]["median"] > 0 and 0 <= result["aesam_sam_fraction"] <= 1
+    table = gpu_check.table({"bf16": result})
+    assert len(table.splitlines()) == 2 + len(gpu_check.VARIANTS)
