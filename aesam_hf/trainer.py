@@ -14,9 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import math
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,6 +27,7 @@ from transformers.utils import logging
 from .checkpoint import SAM_STATE_NAME, read_state, resume
 from .config import AESAMConfig, refuse_sharded_backend
 from .controller import SAMController, StepRecord
+from .metrics import summarize_steps, unrecorded
 from .model_card import add_card_section, card_section
 from .policies import POLICIES, make_policy
 from .sam import capture_rng, frozen_running_stats, replay_rng
@@ -65,29 +64,6 @@ def _destroy_gloo_group_at_exit() -> None:
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 
 
-def _snapshot(value: Any) -> Any:
-    """A copy of a metrics container deep enough to restore it: nested dicts down to their lists."""
-    if isinstance(value, dict):
-        return {key: _snapshot(item) for key, item in value.items()}
-    return list(value) if isinstance(value, list) else value
-
-
-def _restore(target: dict, saved: dict) -> None:
-    """Put `saved` back into `target` in place, so that a `defaultdict` stays one and outside references hold."""
-    for key in [k for k in target if k not in saved]:
-        del target[key]
-    for key, item in saved.items():
-        if isinstance(item, dict) and isinstance(target.get(key), dict):
-            _restore(target[key], item)
-        else:
-            target[key] = _snapshot(item)
-
-
-def _counters(obj: Any) -> dict[str, int | float]:
-    """The numeric attributes of an object (the trainer's token totals, the state's `num_input_tokens_seen`)."""
-    return {k: v for k, v in vars(obj).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 class _SAMCallback(TrainerCallback):
     """Builds the controller when `train()` starts, and keeps non-finite weights out of checkpoints."""
 
@@ -113,7 +89,7 @@ class AESAMTrainerMixin:
     Put it first in the bases, e.g. `class MySFTTrainer(AESAMTrainerMixin, SFTTrainer)`, or build the pair with
     `aesam_hf.integrations.make_aesam_config` / `make_aesam_trainer`; `args` must be an `AESAMConfig`. What
     `compute_loss` records (`self._metrics`, numeric counters such as TRL's token totals) is recorded once per step:
-    the second pass of a SAM step runs it again at w + e, and `_sam_unrecorded` drops what that pass recorded.
+    the second pass of a SAM step runs it again at w + e, and `metrics.unrecorded` drops what that pass recorded.
     """
 
     _tag_names = [_TAG]
@@ -196,28 +172,6 @@ class AESAMTrainerMixin:
         """True while the second pass of a SAM step runs (at w + e): for subclasses that record outside `_metrics`."""
         return self._sam_controller is not None and self._sam_controller._active is not None
 
-    @contextlib.contextmanager
-    def _sam_unrecorded(self) -> Iterator[None]:
-        """Drop what the second pass of a SAM step records, so that every metric is the first pass's, as under ERM.
-
-        `compute_loss` runs again at w + e; TRL's trainers (and subclasses that follow their convention) record into
-        `self._metrics[mode][key]` lists and numeric counters on the trainer (`_total_train_tokens`), and the stock
-        Trainer counts into `self.state` (`num_input_tokens_seen`, `total_flos`). All of them are restored here.
-        """
-        metrics = getattr(self, "_metrics", None)
-        saved_metrics = _snapshot(metrics) if isinstance(metrics, dict) else None
-        saved_counters = _counters(self)
-        saved_state = _counters(self.state)
-        try:
-            yield
-        finally:
-            if saved_metrics is not None:
-                _restore(metrics, saved_metrics)
-            for name, value in saved_counters.items():
-                setattr(self, name, value)
-            for name, value in saved_state.items():
-                setattr(self.state, name, value)
-
     @property
     def _sam_model_tags(self) -> list[str]:
         return self._tag_names + [f"sam-policy-{self.args.sam_policy.value}"]
@@ -289,7 +243,7 @@ class AESAMTrainerMixin:
         freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
         no_sync = functools.partial(self.accelerator.no_sync, model=model)
         try:
-            with freeze, self._sam_unrecorded():
+            with freeze, unrecorded(self):
                 for i, (mb_inputs, mb_items, rng) in enumerate(micro_batches):
                     # As in the stock loop: DDP all-reduces once, on the last micro-batch of the pass.
                     last = i == len(micro_batches) - 1
@@ -387,39 +341,3 @@ class AESAMTrainerMixin:
 
 class AESAMTrainer(AESAMTrainerMixin, Trainer):
     """`transformers.Trainer` with the SAM policies of `AESAMConfig` (AE-SAM by default)."""
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def summarize_steps(records: list[StepRecord]) -> dict[str, float]:
-    """The `sam/*` metrics of a logging window: means over its steps, and counts of the steps that went wrong.
-
-    Device values are read here, in one transfer per window rather than one sync per step.
-    """
-    logs: dict[str, float] = {}
-    decided = [r for r in records if not (r.overflow or r.partial)]
-    if decided:
-        logs["sam/fraction"] = _mean([float(r.sam) for r in decided])
-    measured = [r.grad_norm_sq for r in decided if r.grad_norm_sq is not None]
-    if measured:
-        xs = torch.stack(measured).tolist()
-        finite = [x for x in xs if math.isfinite(x)]
-        if finite:
-            logs["sam/grad_norm_sq"] = _mean(finite)
-        if len(finite) < len(xs):
-            # No loss scaler skipped these steps (that would be an overflow step): the optimizer took them.
-            logs["sam/nonfinite_steps"] = float(len(xs) - len(finite))
-    for key in dict.fromkeys(k for r in decided for k in r.policy_stats):
-        logs[f"sam/{key}"] = _mean([r.policy_stats[key] for r in decided if key in r.policy_stats])
-    geometry = [r.looksam.ratios() for r in decided if r.looksam is not None]
-    for key in geometry[0] if geometry else ():
-        logs[f"sam/looksam_{key}"] = _mean(torch.stack([g[key] for g in geometry]).tolist())
-    overflow = sum(r.overflow for r in records)
-    if overflow:
-        logs["sam/overflow_steps"] = float(overflow)
-    partial = sum(r.partial for r in records)
-    if partial:
-        logs["sam/partial_steps"] = float(partial)
-    return logs

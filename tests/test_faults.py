@@ -116,7 +116,7 @@ def test_overflow_steps_are_only_the_steps_a_scaler_skipped(tmp_path):
 
 def test_nonfinite_steps_that_went_through_are_logged_under_their_own_name():
     from aesam_hf.controller import StepRecord
-    from aesam_hf.trainer import summarize_steps
+    from aesam_hf.metrics import summarize_steps
 
     records = [
         StepRecord(step=0, sam=True, grad_norm_sq=torch.tensor(2.0)),
