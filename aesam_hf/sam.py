@@ -130,21 +130,27 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
 
 
 class RNGState(NamedTuple):
-    """The random state a forward pass draws from: the CPU generator and, on CUDA, the device's generator."""
+    """The random state a forward pass draws from: the CPU generator and the generators of its CUDA devices."""
 
     cpu: Tensor
-    device: torch.device
-    accelerator: Tensor | None  # the CUDA generator state of `device`; None on the CPU
+    cuda: tuple[tuple[int, Tensor], ...]  # (device index, generator state); empty on the CPU
 
 
-def capture_rng(device: torch.device) -> RNGState:
+def capture_rng(devices: torch.device | Sequence[torch.device]) -> RNGState:
     """The random state now, to replay it for the second pass of a SAM step (`replay_rng`).
 
-    Costs a copy of a few kilobytes on the host and no device synchronisation.
+    `devices`: the devices the forward pass runs on, several under `DataParallel` (each replica draws from its own
+    GPU's generator). Costs a copy of a few kilobytes on the host and no device synchronisation.
     """
-    device = torch.device(device)
-    accelerator = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return RNGState(torch.get_rng_state(), device, accelerator)
+    devices = (
+        [torch.device(devices)] if isinstance(devices, (str, torch.device)) else [torch.device(d) for d in devices]
+    )
+    cuda = tuple(
+        (d.index if d.index is not None else torch.cuda.current_device(), torch.cuda.get_rng_state(d))
+        for d in devices
+        if d.type == "cuda"
+    )
+    return RNGState(torch.get_rng_state(), cuda)
 
 
 @contextlib.contextmanager
@@ -157,9 +163,8 @@ def replay_rng(state: RNGState) -> Iterator[None]:
     pass's random state makes the two passes draw the same numbers; restoring the state afterwards leaves the run's
     random stream where the first pass left it, so later steps draw what they would have drawn without SAM.
     """
-    cuda = state.accelerator is not None
-    with torch.random.fork_rng(devices=[state.device] if cuda else [], device_type="cuda"):
+    with torch.random.fork_rng(devices=[index for index, _ in state.cuda], device_type="cuda"):
         torch.set_rng_state(state.cpu)
-        if cuda:
-            torch.cuda.set_rng_state(state.accelerator, state.device)
+        for index, generator_state in state.cuda:
+            torch.cuda.set_rng_state(generator_state, index)
         yield

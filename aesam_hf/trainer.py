@@ -143,6 +143,7 @@ class AESAMTrainerMixin:
         self._sam_user_optimizer = self.optimizer is not None or self.optimizer_cls_and_kwargs is not None
         self._sam_micro_batches: list[tuple[Any, Any, Any]] = []  # (inputs, num_items_in_batch, RNG state)
         self._sam_records: list[StepRecord] = []  # the steps since the last log
+        self._sam_full_step = 0  # the most examples one step has seen: a step with fewer is a short one
         self.add_callback(_SAMCallback(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._sam_model_tags)
@@ -203,6 +204,7 @@ class AESAMTrainerMixin:
         resume(self._sam_controller, state, global_step, self._sam_checkpoint, args.sam_reset_policy_on_resume)
         self._sam_micro_batches = []
         self._sam_records = []
+        self._sam_full_step = 0  # e.g. `auto_find_batch_size` restarts the loop with smaller batches
 
     def training_step(
         self,
@@ -217,7 +219,7 @@ class AESAMTrainerMixin:
             # Keep every micro-batch of the step, with the random state its pass starts from: a SAM step re-runs all
             # of them at w + e on the same sub-network. The Trainer has already prefetched them for this step, so
             # this holds references, not copies of the data.
-            rng = capture_rng(self.args.device)
+            rng = capture_rng(self._sam_rng_devices)
             self._sam_micro_batches.append((copy.copy(inputs), num_items_in_batch, rng))
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not self.accelerator.sync_gradients:
@@ -255,16 +257,28 @@ class AESAMTrainerMixin:
             raise
         controller.restore()
 
+    @property
+    def _sam_rng_devices(self) -> list[torch.device]:
+        # DataParallel runs one replica per GPU, each drawing from its own GPU's generator.
+        if self.args.n_gpu > 1:
+            return [torch.device("cuda", i) for i in range(self.args.n_gpu)]
+        return [self.args.device]
+
     def _sam_is_partial(self, micro_batches: list) -> bool:
-        """Whether this step saw fewer examples than a full step (the short batch at the end of an epoch)."""
-        full = self._train_batch_size * self.args.gradient_accumulation_steps
+        """Whether this step saw fewer examples than the largest step so far (the short batch ending an epoch).
+
+        Compared with what was seen, not with the configured batch size: packed or padding-free batches (TRL's
+        `packing=True` gives one row per micro-batch) and `split_batches` count differently, but never shrink.
+        """
         seen = 0
         for inputs, _, _ in micro_batches:
-            tensor = next((v for v in inputs.values() if torch.is_tensor(v) and v.dim() > 0), None)
+            values = inputs.values() if isinstance(inputs, dict) else ()
+            tensor = next((v for v in values if torch.is_tensor(v) and v.dim() > 0), None)
             if tensor is None:
-                return False  # no batch dimension to count: treat as full
+                return False  # no batch dimension to count: treat the step as full
             seen += tensor.shape[0]
-        return seen < full
+        self._sam_full_step = max(self._sam_full_step, seen)
+        return seen < self._sam_full_step
 
     def _sam_resume_hint(self) -> str:
         if self._sam_checkpoint is None:

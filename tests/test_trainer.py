@@ -520,3 +520,42 @@ def test_looksam_defaults_do_not_diverge(tmp_path, optim):
 
     erm = final_loss(optim="erm")
     assert final_loss(optim=optim) <= 1.15 * erm
+
+
+class _PackedRows(torch.utils.data.Dataset):
+    """Every item is already a whole packed batch: the collator stacks them into one row per micro-batch."""
+
+    def __init__(self, n=64, dim=4):
+        self.data = RegressionDataset(length=n * 8, dim=dim)
+
+    def __len__(self):
+        return len(self.data) // 8
+
+    def __getitem__(self, i):
+        rows = [self.data[8 * i + j] for j in range(8)]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _one_row(features):
+    # As TRL's padding-free packing: a micro-batch of several examples arrives as a single (1, N, ...) row.
+    return {k: torch.cat([f[k] for f in features])[None] for k in features[0]}
+
+
+class _FlatMLP(MLPRegressionModel):
+    def forward(self, input_x, labels=None):
+        return super().forward(input_x[0], labels[0])
+
+
+def test_packed_one_row_batches_are_not_short(tmp_path):
+    # The short-batch rule compares with the largest step seen, not the configured batch size.
+    trainer = get_trainer(
+        tmp_path,
+        model=_FlatMLP(),
+        train_dataset=_PackedRows(),
+        optim="aesam",
+        max_steps=4,
+        per_device_train_batch_size=2,
+    )
+    trainer.data_collator = _one_row
+    trainer.train()
+    assert trainer._sam_controller.partial_steps == 0 and trainer._sam_controller.decided_steps == 4
