@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from testing_utils import (
+    CPU_TEST_ARGS,
     MLPRegressionModel,
     RegressionDataset,
     TokenDataset,
@@ -112,20 +113,7 @@ SEQUENTIAL = dict(train_sampling_strategy="sequential")
 def test_erm_equals_the_stock_trainer_step_for_step(tmp_path):
     data = RegressionDataset(length=64, dim=4)
     ours = run_recorded(get_trainer(tmp_path / "a", model=MLPRegressionModel(), train_dataset=data, optim="erm"))
-    stock_args = TrainingArguments(
-        output_dir=str(tmp_path / "b"),
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=42,
-        learning_rate=0.05,
-        per_device_train_batch_size=8,
-        max_steps=6,
-        logging_steps=1,
-        save_strategy="no",
-        lr_scheduler_type="constant",
-        optim="adamw_torch",
-    )
+    stock_args = TrainingArguments(**CPU_TEST_ARGS, output_dir=str(tmp_path / "b"), optim="adamw_torch")
     stock = run_recorded(Trainer(model=MLPRegressionModel(), args=stock_args, train_dataset=data))
     assert_steps_close(ours, stock, exact=True)
 

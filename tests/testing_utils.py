@@ -118,23 +118,26 @@ class TokenDataset(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
 
 
+# The TrainingArguments fields every CPU test shares: no reports, no progress bars, fixed seed, a short constant run.
+# Stock `TrainingArguments` built from them is the baseline the equivalence tests compare AESAMTrainer with.
+CPU_TEST_ARGS = dict(
+    report_to="none",
+    use_cpu=True,
+    disable_tqdm=True,
+    seed=42,
+    learning_rate=0.05,
+    per_device_train_batch_size=8,
+    max_steps=6,
+    logging_steps=1,
+    save_strategy="no",
+    lr_scheduler_type="constant",
+    dataloader_num_workers=0,
+)
+
+
 def get_config(output_dir, **kwargs) -> AESAMConfig:
-    """An AESAMConfig for CPU tests: no reports, no progress bars, fixed seed; any field can be overridden."""
-    defaults = dict(
-        output_dir=str(output_dir),
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=42,
-        learning_rate=0.05,
-        per_device_train_batch_size=8,
-        max_steps=6,
-        logging_steps=1,
-        save_strategy="no",
-        lr_scheduler_type="constant",
-        dataloader_num_workers=0,
-    )
-    return AESAMConfig(**{**defaults, **kwargs})
+    """An AESAMConfig for CPU tests (`CPU_TEST_ARGS`); any field can be overridden."""
+    return AESAMConfig(**{**CPU_TEST_ARGS, "output_dir": str(output_dir), **kwargs})
 
 
 def get_trainer(output_dir, model=None, train_dataset=None, trainer_cls=AESAMTrainer, **kwargs) -> AESAMTrainer:
