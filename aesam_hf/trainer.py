@@ -300,6 +300,24 @@ class AESAMTrainerMixin:
             "non-SAM steps are plain ERM steps, as in the stock Trainer). " + self._sam_resume_hint()
         )
 
+    # ---- evaluation leaves the training run's random stream alone ----
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """The stock evaluation, with torch's random state (CPU and every GPU in use) restored afterwards.
+
+        [choice] Creating the evaluation DataLoader draws a seed from the global generator, and a model may draw in
+        eval mode too; in the stock Trainer, an evaluation during training therefore shifts every later dropout mask
+        and random augmentation, so a run's weights depend on `eval_strategy`. Here a run trains the same with or
+        without evaluations: compare policies, or `eval_steps`, without changing what is compared.
+        """
+        cuda = [
+            torch.cuda.current_device() if d.index is None else d.index
+            for d in self._sam_rng_devices
+            if d.type == "cuda"
+        ]
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            return super().evaluate(*args, **kwargs)
+
     # ---- logging ----
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:

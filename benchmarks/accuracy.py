@@ -1,28 +1,34 @@
-"""The accuracy study: AE-SAM against AdamW, SAM and the cheap SAM baselines, on data no one here wrote.
+"""The accuracy study: where SAM pays, and how much of it AE-SAM keeps at what cost.
 
-Question (the paper's central claim, https://huggingface.co/papers/2304.14647): does AE-SAM reach SAM's accuracy at
-about half of SAM's extra cost, and beat plain AdamW? Two tasks, each clean and with symmetric label noise:
+Questions, per regime (`regimes.py`): does SAM beat AdamW; does AE-SAM keep SAM's accuracy at fewer passes; does
+AE-SAM's choice of steps beat SAM steps drawn without looking at ‖g‖² at the same cost (`random` at AE-SAM's
+fraction; `scheduled`, random with AE-SAM's expected rate over time; `periodic` at the nearest interval); and what
+the budget knob buys (`--aesam_budget b` against `random` at probability b).
 
-- Fashion-MNIST, a small ViT from scratch (`run_image_classification.py`): `adamw_torch`, `sam`, `aesam`,
-  `aelooksam`, `looksam`, and `random` with its probability set to AE-SAM's measured SAM fraction (same cost, random
-  steps instead of chosen ones); clean and 40% noise.
-- The fortunes topic task, pretrained MiniLM-L6 (`run_glue.py`): `adamw_torch`, `sam`, `aesam`; clean and 20% noise.
+Procedure, per regime:
+1. `sam_rho` is chosen with `sam` on the (clean) validation split, first seed, over `rho_grid`; when the best value
+   is at an edge of the grid, the grid is extended past that edge (x2 or /2, up to twice), so that the choice is an
+   interior optimum or the report says it is not. The validation curve is reported.
+2. Every policy runs at that rho for every seed: AdamW, SAM, AE-SAM, the budgets, then the controls matched to
+   AE-SAM's measured fraction f (mean over seeds).
+3. Test accuracy per policy (mean ± std), and paired differences over seeds with 95% t intervals; a difference is
+   claimed only when its interval excludes 0.
 
-`sam_rho` is tuned once per task, with `sam` on the *validation* split of the clean data and the first seed, then fixed
-for every policy, seed and noise level; test accuracy is reported. Every run goes through `runner.py` (one process
-per run, same experiment config, only `--optim`, `--seed` and the flags below changing), and finished runs are
-reused, so an interrupted study picks up where it stopped.
+Runs go through `runner.py` (one process per run, the regime's experiment config, only `--optim`, `--seed` and the
+policy's flags changing); finished runs are reused, so an interrupted study resumes. Two single-threaded runs share
+the machine at a time by default (`--workers 2 --threads 1`): the wall times are comparable within this study only,
+and cost is compared in forward/backward passes.
 
-    python -m benchmarks.accuracy                      # the full study (`make bench`), about 1.5 hours on 2 cores
-    python -m benchmarks.accuracy --smoke              # every code path on a tiny setting, a minute or two
+    python -m benchmarks.accuracy                      # the full study (`make bench`), about 2 hours on 2 cores
+    python -m benchmarks.accuracy --regimes image-noisy --seeds 1 2 3
+    python -m benchmarks.accuracy --smoke              # every code path on a tiny setting, a few minutes
 
-Writes `<output_dir>/accuracy.json` (every run and the summary), which `python -m benchmarks.report` turns into
-`docs/benchmarks.md` and its figures.
+Writes `<output_dir>/accuracy.json` (every run, the tuning, the summaries and the comparisons), which
+`python -m benchmarks.report` turns into `docs/benchmarks.md` and its figures.
 """
 
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,119 +36,146 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from benchmarks.regimes import REGIMES, Regime
 from benchmarks.results import add_time_ratios, markdown_table, summarize
-from benchmarks.runner import REPO, TASKS, Runner
+from benchmarks.runner import Runner, run_jobs
+from benchmarks.stats import paired_difference
 from benchmarks.workloads import environment
 
 
-@dataclass
-class Setting:
-    """One (task, noise) cell of the study."""
-
-    task: str  # "image" or "glue", as in runner.TASKS
-    noise: float
-    policies: list[str]
-    extra: list[str]  # flags for every run of this setting (data size, steps, noisy data)
-
-    @property
-    def name(self) -> str:
-        return f"{self.task}-noise{round(100 * self.noise)}"
+BASELINE = "adamw_torch"
+MAX_GRID_EXTENSIONS = 2
 
 
 @dataclass
 class StudyArguments:
     output_dir: str = field(default="outputs/bench/accuracy", metadata={"help": "Runs and accuracy.json go here."})
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3], metadata={"help": "Seeds of every (policy, setting)."})
-    rho_grid: list[float] = field(
-        default_factory=lambda: [0.02, 0.05, 0.1, 0.2], metadata={"help": "Values of sam_rho tried on validation."}
+    regimes: list[str] = field(
+        default_factory=lambda: list(REGIMES), metadata={"help": "Which regimes to run.", "choices": list(REGIMES)}
     )
-    tasks: list[str] = field(default_factory=lambda: ["image", "glue"], metadata={"help": "Which tasks to run."})
-    smoke: bool = field(default=False, metadata={"help": "A tiny setting that exercises every path in minutes."})
+    seeds: list[int] = field(
+        default_factory=lambda: [1, 2, 3, 4, 5], metadata={"help": "Seeds of every policy (>= 2 for intervals)."}
+    )
+    rho_grid: list[float] = field(
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.4],
+        metadata={"help": "Values of sam_rho tried on validation (extended past an edge that wins)."},
+    )
+    workers: int = field(default=2, metadata={"help": "Runs side by side (each its own process)."})
+    threads: int = field(default=1, metadata={"help": "torch threads per run (OMP_NUM_THREADS), recorded per run."})
+    smoke: bool = field(default=False, metadata={"help": "Tiny runs that exercise every path in a few minutes."})
 
     def __post_init__(self):
-        if not self.tasks or set(self.tasks) - set(TASKS):
-            raise ValueError(f"`tasks` ({self.tasks}) must be a non-empty list among {sorted(TASKS)}.")
+        if not self.regimes or set(self.regimes) - set(REGIMES):
+            raise ValueError(f"`regimes` ({self.regimes}) must be a non-empty list among {sorted(REGIMES)}.")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` ({self.seeds}) must be a non-empty list of distinct seeds.")
-        if not self.rho_grid or min(self.rho_grid) <= 0:
-            raise ValueError(f"`rho_grid` ({self.rho_grid}) must be a non-empty list of values > 0.")
+        if not self.rho_grid or min(self.rho_grid) <= 0 or len(set(self.rho_grid)) != len(self.rho_grid):
+            raise ValueError(f"`rho_grid` ({self.rho_grid}) must be a non-empty list of distinct values > 0.")
+        for name in ("workers", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` ({getattr(self, name)}) must be >= 1.")
 
 
-IMAGE_POLICIES = ["adamw_torch", "sam", "aesam", "aelooksam", "looksam", "random"]
-GLUE_POLICIES = ["adamw_torch", "sam", "aesam"]
-# Per-task data and budget, sized so the whole study fits in under 2 hours on 2 CPU cores. The image runs use the
-# experiment config as it is (10k training images, 800 steps of 128); the text runs take 2 epochs of 32 quotations.
-IMAGE_EXTRA: list[str] = []
-GLUE_EXTRA = ["--num_train_epochs", "2", "--max_seq_length", "48", "--eval_strategy", "no"]
-SMOKE_EXTRA = {
-    "image": "--max_steps 6 --max_train_samples 128 --max_eval_samples 32 --max_predict_samples 64 "
-    "--per_device_train_batch_size 16".split(),
-    "glue": "--max_steps 3 --max_train_samples 48 --max_eval_samples 16 --max_predict_samples 16 "
-    "--per_device_train_batch_size 8 --max_seq_length 32 --eval_strategy no".split(),
-}
-QUIET = ["--report_to", "none", "--dataloader_pin_memory", "false"]
+class RegimeRuns:
+    """The runs of one regime: one `Runner` per rho, the regime's flags, the study's threads."""
+
+    def __init__(self, args: StudyArguments, regime: Regime):
+        self.args, self.regime = args, regime
+        self.extra = [*(regime.smoke if args.smoke else ()), "--report_to", "none"]
+        self.root = Path(args.output_dir) / regime.name
+
+    def runner(self, rho: float) -> Runner:
+        return Runner(
+            self.regime.task,
+            str(self.root / f"rho{rho:g}"),
+            self.regime.config_path,
+            metric="test_accuracy",
+            threads=self.args.threads,
+        )
+
+    def job(self, rho: float, policy: str, seed: int, flags: list[str] = (), label: str | None = None) -> tuple:
+        return self.runner(rho), (policy, seed, [*self.extra, "--sam_rho", str(rho), *flags], label)
 
 
-def noisy_fortunes(output_dir: Path, noise: float) -> list[str]:
-    """Flags pointing run_glue at a fortunes training CSV with `noise` of its labels flipped (built once)."""
-    data_dir = output_dir / "data" / f"fortunes-noise{round(100 * noise)}"
-    if not (data_dir / "train.csv").is_file():
-        cmd = [sys.executable, "-m", "benchmarks.fortunes", "--output_dir", str(data_dir.resolve())]
-        subprocess.run([*cmd, "--label_noise", str(noise)], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
-    return ["--train_file", str(data_dir / "train.csv")]
+def tune_rho(args: StudyArguments, runs: RegimeRuns) -> dict:
+    """`sam` on validation over the grid, first seed; the grid grows past an edge that wins."""
+    grid, scores, extensions = sorted(args.rho_grid), {}, 0
+    while True:
+        todo = [rho for rho in grid if rho not in scores]
+        rows = run_jobs([runs.job(rho, "sam", args.seeds[0]) for rho in todo], args.workers)
+        for rho, row in zip(todo, rows, strict=True):
+            scores[rho] = row["eval_accuracy"]  # the validation split only; the test score is not read here
+            print(f"  rho {rho:g}: validation {100 * scores[rho]:.2f}%", flush=True)
+        best = max(scores, key=scores.get)
+        if extensions == MAX_GRID_EXTENSIONS or min(grid) < best < max(grid):
+            break
+        grid.append(best * 2 if best == max(grid) else best / 2)
+        grid.sort()
+        extensions += 1
+    return {
+        "scores": {f"{rho:g}": scores[rho] for rho in sorted(scores)},
+        "chosen": best,
+        "interior": min(scores) < best < max(scores),
+        "extensions": extensions,
+    }
 
 
-def settings(args: StudyArguments, output_dir: Path) -> list[Setting]:
-    """The study's cells, each task's clean one first (it tunes rho for the task)."""
-    out = []
-    # The smoke run keeps, per task, only the noisy setting, with the baseline, the adaptive policy and `random`
-    # (which depends on it): every code path in a few runs.
-    smoke_policies = {"image": ["adamw_torch", "aesam", "random"], "glue": ["adamw_torch", "aesam"]}
-    for task in args.tasks:
-        base = SMOKE_EXTRA[task] if args.smoke else (IMAGE_EXTRA if task == "image" else GLUE_EXTRA)
-        noises = (0.0, 0.4) if task == "image" else (0.0, 0.2)
-        noises = noises[1:] if args.smoke else noises
-        for noise in noises:
-            if task == "image":
-                extra = base + (["--label_noise", str(noise)] if noise else [])
-            else:
-                extra = base + (noisy_fortunes(output_dir, noise) if noise else [])
-            policies = IMAGE_POLICIES if task == "image" else GLUE_POLICIES
-            out.append(Setting(task, noise, smoke_policies[task] if args.smoke else policies, extra + QUIET))
-    return out
+def matched_controls(f: float) -> list[tuple[str, list[str], str]]:
+    """The SAM-step controls at AE-SAM's fraction f: (policy, flags, label)."""
+    interval = max(1, round(1 / f)) if f > 0 else 10**9
+    return [
+        ("random", ["--sam_probability", f"{f:.4f}"], "random-matched"),
+        ("scheduled", ["--aesam_budget", f"{min(max(f, 0.01), 0.99):.4f}"], "scheduled-matched"),
+        ("periodic", ["--sam_interval", str(interval)], "periodic-matched"),
+    ]
 
 
-def tune_rho(args: StudyArguments, output_dir: Path, setting: Setting) -> tuple[float, dict[float, float]]:
-    """The rho with the best validation accuracy for `sam` on the clean setting, first seed."""
-    scores = {}
-    for rho in args.rho_grid:
-        runner = Runner(setting.task, str(output_dir / "tune" / setting.task / f"rho{rho:g}"), metric="eval_accuracy")
-        extra = setting.extra + ["--sam_rho", str(rho), "--do_predict", "false"]
-        scores[rho] = runner.run("sam", args.seeds[0], extra)["eval_accuracy"]
-        print(f"  tune {setting.task}: rho {rho:g} -> validation accuracy {100 * scores[rho]:.2f}%", flush=True)
-    return max(scores, key=scores.get), scores
+def comparisons(rows: list[dict], regime: Regime) -> list[dict]:
+    """The paired differences that answer the study's questions, on test accuracy."""
+    scores: dict[str, dict[int, float]] = {}
+    for r in rows:
+        scores.setdefault(r["policy"], {})[r["seed"]] = r["test_accuracy"]
+    pairs = [("sam", BASELINE), ("aesam", BASELINE), ("aesam", "sam")]
+    pairs += [("aesam", control) for control in ("random-matched", "scheduled-matched", "periodic-matched")]
+    pairs += [(f"aesam-b{b:g}", f"random-p{b:g}") for b in regime.budgets]  # those that ran
+    return [paired_difference(scores[a], scores[b], (a, b)).as_dict() for a, b in pairs if a in scores and b in scores]
 
 
-def run_setting(args: StudyArguments, output_dir: Path, setting: Setting, rho: float) -> list[dict]:
-    """Every policy and seed of one setting; `random` runs last, at AE-SAM's mean SAM fraction."""
-    runner = Runner(setting.task, str(output_dir / setting.name), metric="test_accuracy")
-    rows = []
-    extra = setting.extra + ["--sam_rho", str(rho)]
-    for policy in [p for p in setting.policies if p != "random"]:
-        for seed in args.seeds:
-            rows.append(r := runner.run(policy, seed, extra))
-            print(
-                f"  {setting.name} {policy} seed {seed}: test {100 * r['test_accuracy']:.2f}%, "
-                f"SAM fraction {r['sam_fraction']:.2f}, {r['train_time']:.0f}s",
-                flush=True,
-            )
-    if "random" in setting.policies:
-        p = statistics.fmean(r["sam_fraction"] for r in rows if r["policy"] == "aesam")
-        for seed in args.seeds:
-            rows.append(runner.run("random", seed, extra + ["--sam_probability", f"{p:.4f}"]))
-            print(f"  {setting.name} random(p={p:.2f}) seed {seed}: test {100 * rows[-1]['test_accuracy']:.2f}%")
-    add_time_ratios(rows, "adamw_torch")
-    return rows
+def run_regime(args: StudyArguments, regime: Regime) -> dict:
+    runs = RegimeRuns(args, regime)
+    print(f"== {regime.name} ({regime.kind}): {regime.description}", flush=True)
+    tuning = tune_rho(args, runs)
+    rho = tuning["chosen"]
+    where = "inside" if tuning["interior"] else "AT THE EDGE of"
+    print(f"  -> rho {rho:g}, {where} the grid", flush=True)
+
+    jobs = [runs.job(rho, p, s) for s in args.seeds for p in (BASELINE, "sam", "aesam")]
+    if regime.full:
+        for b in regime.budgets[:1] if args.smoke else regime.budgets:  # the smoke run: one budget
+            jobs += [runs.job(rho, "aesam", s, ["--aesam_budget", str(b)], f"aesam-b{b:g}") for s in args.seeds]
+            jobs += [runs.job(rho, "random", s, ["--sam_probability", str(b)], f"random-p{b:g}") for s in args.seeds]
+    rows = run_jobs(jobs, args.workers)
+    f = statistics.fmean(r["sam_fraction"] for r in rows if r["policy"] == "aesam")
+    controls = matched_controls(f) if regime.full else []
+    rows += run_jobs(
+        [runs.job(rho, p, s, flags, label) for p, flags, label in controls for s in args.seeds], args.workers
+    )
+    add_time_ratios(rows, BASELINE)
+
+    labels = list(dict.fromkeys(r["policy"] for r in rows))
+    summary = summarize(rows, labels, "test_accuracy")
+    print(markdown_table(summary, "test_accuracy", BASELINE), flush=True)
+    return {
+        "regime": asdict(regime),
+        "rho_tuning": tuning,
+        "rho": rho,
+        "aesam_fraction": f,
+        "controls": {label: flags for _, flags, label in controls},
+        "runs": rows,
+        "summary": summary,
+        "comparisons": comparisons(rows, regime),
+        "trace_run": str(runs.runner(rho).run_dir("aesam", args.seeds[0])),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -154,28 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
     study = {
         "command": "python -m benchmarks.accuracy " + " ".join(argv),
         "arguments": asdict(args),
-        "environment": environment(),
-        "settings": {},
+        "environment": {**environment(), "threads_per_run": args.threads, "runs_side_by_side": args.workers},
+        "regimes": {},
     }
-    rhos = {}
-    for setting in settings(args, output_dir):
-        print(f"== {setting.name}: {', '.join(setting.policies)}; seeds {args.seeds}", flush=True)
-        if setting.task not in rhos:  # the first (clean) setting of each task tunes rho for all of its settings
-            rhos[setting.task], scores = tune_rho(args, output_dir, setting)
-            study.setdefault("rho_tuning", {})[setting.task] = {"scores": scores, "chosen": rhos[setting.task]}
-        rows = run_setting(args, output_dir, setting, rhos[setting.task])
-        summary = summarize(rows, setting.policies, "test_accuracy")
-        study["settings"][setting.name] = {
-            "task": setting.task,
-            "noise": setting.noise,
-            "rho": rhos[setting.task],
-            "extra": setting.extra,
-            "runs": rows,
-            "summary": summary,
-            "trace_run": str(output_dir / setting.name / "aesam" / f"seed{args.seeds[0]}"),
-        }
-        print(markdown_table(summary, "test_accuracy", "adamw_torch"), flush=True)
-        # Written after every setting, so a long study can be reported on before it ends. Its wall time counts only
+    for name in args.regimes:
+        study["regimes"][name] = run_regime(args, REGIMES[name])
+        # Written after every regime, so a long study can be reported on before it ends. Its wall time counts only
         # the runs made by this invocation (reused runs cost nothing); each run's own time is in its row.
         study["wall_time_s"] = time.perf_counter() - start
         (output_dir / "accuracy.json").write_text(json.dumps(study, indent=1), encoding="utf-8")

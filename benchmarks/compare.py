@@ -16,6 +16,7 @@ from the repository root: the experiment configs name their data relative to it.
 """
 
 import csv
+import math
 import shlex
 import sys
 import time
@@ -26,7 +27,7 @@ from transformers import HfArgumentParser
 
 from aesam_hf import POLICIES, SAMPolicyName
 from benchmarks.results import add_time_ratios, decision_trace, markdown_table, plot, summarize
-from benchmarks.runner import TASKS, Runner
+from benchmarks.runner import TASKS, Runner, read_json, run_jobs
 
 
 ADAPTIVE = {SAMPolicyName.AESAM.value, SAMPolicyName.AELOOKSAM.value}
@@ -59,19 +60,74 @@ class CompareArguments:
     rerun: bool = field(
         default=False, metadata={"help": "Run again even where a finished run (all_results.json) is already there."}
     )
+    workers: int = field(default=2, metadata={"help": "Runs side by side, each its own process."})
+    threads: int = field(default=1, metadata={"help": "torch threads per run (OMP_NUM_THREADS)."})
 
     def __post_init__(self):
         if len(set(self.policies)) != len(self.policies) or not self.policies:
             raise ValueError(f"`policies` ({self.policies}) must be a non-empty list of distinct `optim` values.")
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
             raise ValueError(f"`seeds` ({self.seeds}) must be a non-empty list of distinct seeds.")
-        self.runner = Runner(self.task, self.output_dir, self.config, self.metric, self.launcher, self.rerun)
+        for name in ("workers", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` ({getattr(self, name)}) must be >= 1.")
+        self.runner = Runner(
+            self.task, self.output_dir, self.config, self.metric, self.launcher, self.rerun, threads=self.threads
+        )
         self.config = self.runner.config
 
     @property
     def baseline(self) -> str | None:
         """The ERM run the ratios are taken against: `erm` or a stock optimizer name, the first one listed."""
         return next((p for p in self.policies if p not in POLICIES or p == SAMPolicyName.ERM.value), None)
+
+
+def read_out(summary: list[dict], metric: str, baseline: str | None, config: dict, n_seeds: int) -> str | None:
+    """A paragraph that reads the table: what the baseline did, what SAM and the adaptive policy changed, at what cost.
+
+    Every number in it comes from `summary`; nothing is claimed that the runs did not measure.
+    """
+    by = {s["policy"]: s for s in summary}
+    if baseline not in by or "sam" not in by:
+        return None
+
+    def score(policy: str) -> float:
+        return 100 * by[policy][metric][0]
+
+    base = by[baseline]
+    parts = []
+    noise = config.get("label_noise", 0.0)
+    peak, fit = 100 * base["peak_eval_accuracy"][0], 100 * base["train_noisy_accuracy"][0]
+    if noise and not math.isnan(peak) and not math.isnan(fit):
+        parts.append(
+            f"{baseline} peaked at {peak:.1f}% validation accuracy during training and ended at {score(baseline):.1f}% "
+            f"on the test set; by then it fit {fit:.0f}% of its training labels, {100 * noise:.0f}% of which are "
+            f"wrong: a model that learned only the true classes would fit about {100 * (1 - noise):.0f}%. It memorized "
+            "noise."
+        )
+    else:
+        parts.append(f"{baseline} ended at {score(baseline):.1f}% on the test set.")
+    gain = score("sam") - score(baseline)
+    parts.append(
+        f"SAM ended at {score('sam'):.1f}% ({gain:+.1f} points) for {by['sam']['passes_per_step'][0]:.2f} "
+        "forward/backward passes per step."
+    )
+    adaptive = next((p for p in ADAPTIVE if p in by), None)
+    if adaptive:
+        a = by[adaptive]
+        extra_cost = a["passes_per_step"][0] - 1
+        kept = (score(adaptive) - score(baseline)) / gain if gain > 0 else float("nan")
+        kept_text = f", {100 * kept:.0f}% of SAM's gain" if gain > 0 else ""
+        parts.append(
+            f"{adaptive} ended at {score(adaptive):.1f}% ({score(adaptive) - score(baseline):+.1f} points{kept_text}) "
+            f"for {a['passes_per_step'][0]:.2f} passes per step ({100 * extra_cost:.0f}% of SAM's extra cost)."
+        )
+    seeds = "one seed, so no interval" if n_seeds == 1 else f"mean over {n_seeds} seeds, no interval"
+    parts.append(
+        f"({seeds}: `make bench` runs 5 seeds and reports paired 95% intervals, the matched random controls and the "
+        "regime where SAM does not help, in docs/benchmarks.md.)"
+    )
+    return "Reading: " + " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -84,15 +140,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     setup = f"Task `{args.task}` from `{args.config}`" + (f" with `{shlex.join(extra)}`" if extra else "")
     print(f"{setup}; policies {', '.join(args.policies)}; seeds {', '.join(map(str, args.seeds))}.", flush=True)
 
-    rows = []
-    total = len(args.policies) * len(args.seeds)
-    for seed in args.seeds:  # seed-major: a drift in machine speed hits every policy of a seed alike
-        for policy in args.policies:
-            print(f"[{len(rows) + 1}/{total}] {policy}, seed {seed} ...", end=" ", flush=True)
-            start = time.perf_counter()
-            row = args.runner.run(policy, seed, extra)
-            rows.append(row)
-            print(f"{time.perf_counter() - start:.0f}s, {args.metric} {100 * row[args.metric]:.2f}%", flush=True)
+    # Seed-major: a drift in machine speed hits every policy of a seed alike.
+    jobs = [(args.runner, (policy, seed, extra)) for seed in args.seeds for policy in args.policies]
+    print(f"{len(jobs)} runs, {args.workers} at a time, {args.threads} torch thread(s) each ...", flush=True)
+    start = time.perf_counter()
+    rows = run_jobs(jobs, args.workers)
+    for row in rows:
+        print(f"  {row['policy']}, seed {row['seed']}: {args.metric} {100 * row[args.metric]:.2f}%", flush=True)
+    print(f"Done in {time.perf_counter() - start:.0f}s.", flush=True)
     add_time_ratios(rows, args.baseline)
     summary = summarize(rows, args.policies, args.metric)
     table = markdown_table(summary, args.metric, args.baseline)
@@ -116,6 +171,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     print()
     print(table)
+    reading = read_out(summary, args.metric, args.baseline, read_json(Path(args.config)), len(args.seeds))
+    if reading:
+        print("\n" + reading)
+        (output_dir / "results.md").write_text(f"{setup}.\n\n{table}\n\n{reading}\n", encoding="utf-8")
     print(f"\nWritten: {output_dir / 'results.md'}, {output_dir / 'results.csv'}, {figure}")
     return rows
 

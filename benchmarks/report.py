@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from benchmarks.results import decision_trace, markdown_table, plot
+from benchmarks.results import decision_trace, markdown_table
 from benchmarks.step_cost import table as step_cost_table
 
 
@@ -31,28 +31,52 @@ def environment_lines(env: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in env.items())
 
 
+# How each kind of run is drawn in the cost figure: the budget sweeps as lines, the matched controls as markers.
+STYLE = {
+    "adamw_torch": ("AdamW", "s", "C0"),
+    "sam": ("SAM", "D", "C3"),
+    "aesam": ("AE-SAM", "o", "C2"),
+    "random-matched": ("random @ AE-SAM's f", "v", "C7"),
+    "scheduled-matched": ("scheduled @ f", "^", "C5"),
+    "periodic-matched": ("periodic @ 1/f", "<", "C8"),
+}
+
+
+def _mean(entry: dict, key: str) -> float:
+    return entry[key][0]
+
+
 def accuracy_figure(study: dict, path: Path) -> None:
-    """Test accuracy against cost, one panel per (task, noise), one point per policy with error bars over seeds."""
+    """Test accuracy against forward/backward passes per step, one panel per regime (mean ± std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = study["settings"]
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4.6), squeeze=False)
-    for ax, setting in zip(axes[0], settings.values(), strict=True):
-        for i, s in enumerate(setting["summary"]):
-            (x, xerr), (y, yerr) = s["passes_per_step"], s["test_accuracy"]
-            ax.errorbar(x, 100 * y, xerr=xerr, yerr=100 * yerr, fmt="o", ms=7, capsize=4, color=f"C{i}")
-            # Above and below in turn, so that policies at the same cost (aesam, random) do not overprint.
-            ax.annotate(
-                s["policy"], (x, 100 * y), textcoords="offset points", xytext=(6, 4 if i % 2 else -12), fontsize=8
+    regimes = study["regimes"]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5.6 * len(regimes), 4.8), squeeze=False)
+    for ax, (name, r) in zip(axes[0], regimes.items(), strict=True):
+        by = {s["policy"]: s for s in r["summary"]}
+        for family, color, label in (("aesam-b", "C2", "AE-SAM, budget b"), ("random-p", "C7", "random, p = b")):
+            points = sorted(
+                (_mean(s, "passes_per_step"), 100 * _mean(s, "test_accuracy"))
+                for p, s in by.items()
+                if p.startswith(family)
             )
-        task = "ViT on Fashion-MNIST" if setting["task"] == "image" else "MiniLM-L6 on fortunes topics"
-        ax.set_title(f"{task}, {round(100 * setting['noise'])}% label noise (rho {setting['rho']:g})", fontsize=10)
+            if points:
+                ax.plot(*zip(*points, strict=True), "-", marker=".", color=color, alpha=0.7, label=label)
+        for policy, (label, marker, color) in STYLE.items():
+            if policy in by:
+                s = by[policy]
+                (x, xerr), (y, yerr) = s["passes_per_step"], s["test_accuracy"]
+                ax.errorbar(
+                    x, 100 * y, xerr=xerr, yerr=100 * yerr, fmt=marker, ms=8, capsize=3, color=color, label=label
+                )
+        ax.set_title(f"{name} ({r['regime']['kind']}), rho {r['rho']:g}", fontsize=10)
         ax.set_xlabel("forward/backward passes per step (AdamW = 1)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     seeds = len(study["arguments"]["seeds"])
     fig.suptitle(f"Test accuracy against cost: mean ± std over {seeds} seeds", fontsize=11)
     fig.tight_layout()
@@ -60,52 +84,183 @@ def accuracy_figure(study: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def decisions_figure(study: dict, path: Path) -> str | None:
-    """The adaptive decisions of one AE-SAM run (the first setting's first seed), drawn as `compare` draws them."""
-    name, setting = next(iter(study["settings"].items()))
-    run_dir = Path(setting["trace_run"])
-    if not (run_dir / "trainer_state.json").is_file():
-        return None
-    trace = decision_trace(run_dir)
-    trace.update(policy="aesam", seed=study["arguments"]["seeds"][0])
-    summary = setting["summary"]
-    plot(summary, "test_accuracy", "adamw_torch", trace, f"{name}: one AE-SAM run", path)
-    return name
+def rho_figure(study: dict, path: Path) -> None:
+    """Validation accuracy of `sam` against rho, per regime, the chosen value marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    for i, (name, r) in enumerate(study["regimes"].items()):
+        scores = {float(k): 100 * v for k, v in r["rho_tuning"]["scores"].items()}
+        ax.plot(list(scores), list(scores.values()), "o-", color=f"C{i}", label=name)
+        chosen = r["rho_tuning"]["chosen"]
+        ax.plot([chosen], [scores[chosen]], "*", ms=15, color=f"C{i}")
+    ax.set_xscale("log")
+    ax.set_xlabel("sam_rho (log scale)")
+    ax.set_ylabel("validation accuracy of `sam` (%), first seed")
+    ax.set_title("rho chosen on validation (star)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves(run_dir: Path) -> dict[str, list[float]]:
+    """The evaluations during training of one run: step, validation accuracy, accuracy on noisy training labels."""
+    state = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    out = {"step": [], "validation": [], "train": []}
+    for e in state["log_history"]:
+        if "eval_train_accuracy" in e:
+            out["step"].append(e["step"])
+            out["train"].append(e["eval_train_accuracy"])
+        elif "eval_validation_accuracy" in e:
+            out.setdefault("validation_step", []).append(e["step"])
+            out["validation"].append(e["eval_validation_accuracy"])
+    return out
+
+
+def decisions_figure(name: str, regime: dict, seed: int, path: Path) -> bool:
+    """When AE-SAM takes SAM steps (‖g‖² against mu + c_t sigma) above what the runs fit: noisy train, clean val."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    aesam_dir = Path(regime["trace_run"])
+    if not (aesam_dir / "trainer_state.json").is_file():
+        return False
+    trace = decision_trace(aesam_dir)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True, height_ratios=[1.1, 1])
+    steps, x, thr = trace["step"], trace["grad_norm_sq"], trace["threshold"]
+    floor = 0.5 * min(v for v in x if v > 0)
+    top.plot(steps, x, lw=0.5, color="C0", alpha=0.8, label=r"$\|g_t\|^2$")
+    top.plot(steps, [max(v, floor) for v in thr], lw=1.4, color="C3", label=r"threshold $\mu_t + c_t\sigma_t$")
+    sam = [(s, v) for s, v, d in zip(steps, x, trace["sam"], strict=True) if d >= 0.5]
+    if sam:
+        top.scatter(*zip(*sam, strict=True), s=5, color="C1", zorder=3, label=f"SAM step ({len(sam)} of {len(steps)})")
+    top.set_yscale("log")
+    top.set_ylabel(r"$\|g_t\|^2$ (log)")
+    top.set_title(f"{name}, AE-SAM seed {seed}: a SAM step when $\\|g_t\\|^2 \\geq$ threshold", fontsize=10)
+    top.legend(fontsize=8, loc="upper left")
+    top.grid(alpha=0.3)
+    root = aesam_dir.parent.parent
+    for policy, (label, _, color) in STYLE.items():
+        run_dir = root / policy / f"seed{seed}"
+        if policy not in ("adamw_torch", "sam", "aesam") or not (run_dir / "trainer_state.json").is_file():
+            continue
+        c = curves(run_dir)
+        if c["step"]:
+            bottom.plot(
+                c["step"], [100 * v for v in c["train"]], "-", color=color, label=f"{label}: noisy train labels"
+            )
+        if c["validation"]:
+            bottom.plot(
+                c["validation_step"],
+                [100 * v for v in c["validation"]],
+                "--",
+                color=color,
+                label=f"{label}: clean validation",
+            )
+    noise = 100 * regime["label_noise"]
+    if noise:
+        label = f"{100 - noise:.0f}%: fit of a model that learned only the true classes"
+        bottom.axhline(100 - noise, color="k", lw=0.8, ls=":", label=label)
+    bottom.set_xlabel("optimizer step")
+    bottom.set_ylabel("accuracy (%)")
+    bottom.legend(fontsize=7, ncol=2, loc="lower right")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def comparisons_table(comparisons: list[dict]) -> str:
+    lines = [
+        "| comparison (test accuracy) | seeds | mean difference (points) | 95% interval | verdict |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for c in comparisons:
+        interval = f"[{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]" if c["n"] > 1 else "–"
+        lines.append(f"| {c['a']} − {c['b']} | {c['n']} | {100 * c['mean']:+.2f} | {interval} | {c['verdict']} |")
+    return "\n".join(lines)
+
+
+def budget_lines(regime: dict) -> list[str]:
+    """How close the realized SAM fraction came to each `--aesam_budget`."""
+    out = []
+    for s in regime["summary"]:
+        if s["policy"].startswith("aesam-b"):
+            target = float(s["policy"][len("aesam-b") :])
+            fractions = [r["sam_fraction"] for r in regime["runs"] if r["policy"] == s["policy"]]
+            worst = max(abs(f - target) for f in fractions)
+            out.append(
+                f"- `--aesam_budget {target:g}`: realized fraction {min(fractions):.3f}–{max(fractions):.3f} over "
+                f"{len(fractions)} runs (largest miss {worst:.3f}; the promise is ±0.03)."
+            )
+    return out
 
 
 def accuracy_section(study: dict, figures: Path) -> str:
-    out = ["## Accuracy", ""]
-    if "command" in study:  # older results files lack it
-        out += [f"Command: `{study['command']}`. Machine and versions: {environment_lines(study['environment'])}.", ""]
-    tuning = study.get("rho_tuning", {})
-    for task, t in tuning.items():
-        scores = ", ".join(f"{float(rho):g}: {100 * acc:.2f}%" for rho, acc in t["scores"].items())
-        out.append(
-            f"- `sam_rho` for `{task}`, tuned with `sam` on the validation split (clean, first seed): "
-            f"{scores} -> **{float(t['chosen']):g}**, then fixed for every policy, seed and noise level."
-        )
-    out.append("")
-    for name, setting in study["settings"].items():
-        out += [f"### {name}", "", f"Flags: `{' '.join(setting['extra'])}`, `--sam_rho {setting['rho']:g}`.", ""]
-        out.append(markdown_table(setting["summary"], "test_accuracy", "adamw_torch"))
-        out.append("")
+    env = study["environment"]
+    out = [
+        "## Accuracy",
+        "",
+        f"Command: `{study['command']}`. Machine and versions: {environment_lines(env)}.",
+        "",
+        "Each run is one process of the regime's example script and experiment config, with only the policy's flags "
+        "changing. Scores are test accuracy on clean labels, mean ± std over seeds; comparisons are paired by seed "
+        "(same data, noise, order and initial weights), with Student's t 95% intervals, and a difference is claimed "
+        "only when its interval excludes 0. Passes are forward/backward passes; train times come from runs that "
+        f"shared the machine ({env.get('runs_side_by_side', 1)} at a time, {env.get('threads_per_run', '?')} torch "
+        "thread(s) each) and compare only within this section.",
+        "",
+    ]
+    rho_figure(study, figures / "rho_tuning.png")
+    for name, r in study["regimes"].items():
+        regime, tuning = r["regime"], r["rho_tuning"]
+        scores = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in tuning["scores"].items())
+        where = "inside the grid" if tuning["interior"] else "**at the grid's edge** after the allowed extensions"
+        out += [
+            f"### {name} ({regime['kind']})",
+            "",
+            f"{regime['description']}. Config `configs/experiments/{regime['config']}`.",
+            "",
+            f"- `sam_rho` on validation (`sam`, seed {study['arguments']['seeds'][0]}): {scores} -> "
+            f"**{tuning['chosen']:g}**, {where}.",
+        ]
+        if r["controls"]:
+            flags = "; ".join(f"{label} `{' '.join(f)}`" for label, f in r["controls"].items())
+            out.append(f"- AE-SAM's mean SAM fraction f = {r['aesam_fraction']:.3f}; matched controls: {flags}.")
+        out += budget_lines(r)
+        out += ["", markdown_table(r["summary"], "test_accuracy", "adamw_torch"), ""]
+        if r["comparisons"]:
+            out += [comparisons_table(r["comparisons"]), ""]
+        figure = f"aesam_decisions_{name}.png"
+        if decisions_figure(name, regime, study["arguments"]["seeds"][0], figures / figure):
+            out += [f"![AE-SAM decisions and what the runs fit, {name}](figures/{figure})", ""]
     accuracy_figure(study, figures / "accuracy_vs_cost.png")
-    out += ["![accuracy against cost](figures/accuracy_vs_cost.png)", ""]
-    traced = decisions_figure(study, figures / "aesam_decisions.png")
-    if traced:
-        out += [f"AE-SAM's decisions over one run ({traced}): `sam/grad_norm_sq` against its threshold.", ""]
-        out += ["![AE-SAM decisions](figures/aesam_decisions.png)", ""]
+    out += ["### Accuracy against cost", "", "![accuracy against cost](figures/accuracy_vs_cost.png)", ""]
+    out += ["### rho on validation", "", "![rho tuning](figures/rho_tuning.png)", ""]
     return "\n".join(out)
 
 
 def looksam_section(payload: dict) -> str:
     seeds = ", ".join(map(str, payload["arguments"]["seeds"]))
-    intro = (
-        f"Command: `{payload['command']}`, `sam_rho {payload['sam_rho']:g}` (the study's), seeds {seeds}; validation "
-        "accuracy, mean ± std. The ratios are taken at every SAM step of those runs: ‖g_v‖/‖g‖ is the orthogonal "
-        "change SAM makes to the gradient, α the one a LookSAM reuse step adds (relative to ‖g‖)."
-    )
-    return "\n".join(["### LookSAM's reuse weight α (image task, clean)", "", intro, "", payload["table"], ""])
+    out = [
+        "### LookSAM's reuse weight α",
+        "",
+        f"Command: `{payload['command']}`; seeds {seeds}; validation accuracy (this chooses a default), mean ± std. "
+        "The ratios are taken at every SAM step of those runs: ‖g_v‖/‖g‖ is the orthogonal change SAM makes to the "
+        "gradient, α the one a LookSAM reuse step adds (relative to ‖g‖).",
+        "",
+    ]
+    for name, r in payload["regimes"].items():
+        out += [f"{name}, `sam_rho {r['sam_rho']:g}` (the accuracy study's):", "", r["table"], ""]
+    return "\n".join(out)
 
 
 def memory_section(memory: dict) -> str:

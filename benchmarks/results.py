@@ -10,6 +10,19 @@ import textwrap
 from pathlib import Path
 
 
+# The columns of a run's row (runner.py) summarized over seeds besides the score.
+SUMMARIZED = (
+    "sam_fraction",
+    "passes",
+    "passes_per_step",
+    "train_time",
+    "time_ratio",
+    "eval_accuracy",
+    "peak_eval_accuracy",
+    "train_noisy_accuracy",
+)
+
+
 def add_time_ratios(rows: list[dict], baseline: str | None) -> None:
     """`time_ratio`: a run's wall time over the baseline's with the same seed (machine drift cancels within a seed)."""
     base = {r["seed"]: r["train_time"] for r in rows if r["policy"] == baseline}
@@ -30,8 +43,8 @@ def summarize(rows: list[dict], policies: list[str], metric: str) -> list[dict]:
     for policy in policies:
         runs = [r for r in rows if r["policy"] == policy]
         entry = {"policy": policy, "seeds": len(runs)}
-        for key in (metric, "sam_fraction", "passes", "passes_per_step", "train_time", "time_ratio"):
-            entry[key] = _mean_std([r[key] for r in runs])
+        for key in (metric, *SUMMARIZED):
+            entry[key] = _mean_std([r.get(key, float("nan")) for r in runs])
         summary.append(entry)
     return summary
 
@@ -46,15 +59,28 @@ def markdown_table(summary: list[dict], metric: str, baseline: str | None) -> st
         return f"{format(mean * scale, spec)} ± {format(std * scale, spec)}" if std else format(mean * scale, spec)
 
     base = baseline or "ERM"
+    # Where the runs evaluated during training: the best validation accuracy they passed through (what early stopping
+    # on clean validation data could keep) and how much of the noisy training set they fit at the end.
+    during = [
+        (key, title)
+        for key, title in (
+            ("peak_eval_accuracy", "peak validation (%)"),
+            ("train_noisy_accuracy", "fit of noisy train labels (%)"),
+        )
+        if any(not math.isnan(s.get(key, (math.nan,))[0]) for s in summary)
+    ]
     lines = [
-        f"| policy | {metric} (%) | SAM fraction | passes | passes / step | train time (s) | time / {base} |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| policy | {metric} (%) | "
+        + "".join(f"{title} | " for _, title in during)
+        + f"SAM fraction | passes | passes / step | train time (s) | time / {base} |",
+        "|---|---:|" + "---:|" * len(during) + "---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         lines.append(
-            f"| {s['policy']} | {fmt(s[metric], '.2f', 100)} | {fmt(s['sam_fraction'], '.2f')} | "
-            f"{fmt(s['passes'], '.0f')} | {fmt(s['passes_per_step'], '.2f')} | {fmt(s['train_time'], '.1f')} | "
-            f"{fmt(s['time_ratio'], '.2f')} |"
+            f"| {s['policy']} | {fmt(s[metric], '.2f', 100)} | "
+            + "".join(f"{fmt(s[key], '.2f', 100)} | " for key, _ in during)
+            + f"{fmt(s['sam_fraction'], '.2f')} | {fmt(s['passes'], '.0f')} | {fmt(s['passes_per_step'], '.2f')} | "
+            f"{fmt(s['train_time'], '.1f')} | {fmt(s['time_ratio'], '.2f')} |"
         )
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 TASKS = {
     "image": (
         REPO / "examples" / "run_image_classification.py",
-        REPO / "configs" / "experiments" / "image_fashion_mnist_vit.json",
+        REPO / "configs" / "experiments" / "image_fashion_mnist_noisy.json",
     ),
-    "glue": (REPO / "examples" / "run_glue.py", REPO / "configs" / "experiments" / "glue_fortunes_minilm.json"),
+    "glue": (
+        REPO / "examples" / "run_glue.py",
+        REPO / "configs" / "experiments" / "glue_fortunes_noisy_minilm.json",
+    ),
 }
 # The code a run's numbers depend on besides its command and config (not the runner, which only launches it), and
 # the versions of the packages it trains with.
@@ -55,6 +59,7 @@ class Runner:
     metric: str = "test_accuracy"  # the score, a key of the run's all_results.json
     launcher: str | None = None  # e.g. "accelerate launch --config_file ..."; default: this Python
     rerun: bool = False  # run again even where a finished run is in place
+    threads: int | None = None  # torch's intra-op threads per run (OMP_NUM_THREADS); default: torch's choice
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -64,23 +69,35 @@ class Runner:
             raise FileNotFoundError(f"`config` {self.config!r} not found.")
 
     def run_dir(self, policy: str, seed: int) -> Path:
+        """`<output_dir>/<policy>/seed<seed>`; `policy` may be a label such as `random-p0.43` (see `run`)."""
         return Path(self.output_dir) / policy / f"seed{seed}"
 
-    def arguments(self, policy: str, seed: int, extra: list[str]) -> list[str]:
+    def arguments(self, policy: str, seed: int, extra: list[str], label: str | None = None) -> list[str]:
         """The example script and its arguments for one run (what the launcher is given)."""
         # Every step is logged: the decision figure and the LookSAM study read each step's values, and the same
         # logging cost falls on every policy. Checkpoints are off: they would time the disk, not the policy.
-        run = ["--optim", policy, "--seed", str(seed), "--output_dir", str(self.run_dir(policy, seed))]
+        run_dir = self.run_dir(label or policy, seed)
+        run = ["--optim", policy, "--seed", str(seed), "--output_dir", str(run_dir)]
         logging = ["--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true"]
         return [str(TASKS[self.task][0]), self.config, *extra, *run, *logging]
 
-    def run(self, policy: str, seed: int, extra: list[str]) -> dict:
-        """Train and score one (policy, seed), or reuse the finished run; returns its row."""
-        run_dir = self.run_dir(policy, seed)
-        arguments = self.arguments(policy, seed, extra)
+    def run(self, policy: str, seed: int, extra: list[str], label: str | None = None) -> dict:
+        """Train and score one (policy, seed), or reuse the finished run; returns its row.
+
+        `label` names the run (its folder and the row's `policy`) where one policy runs in several variants, e.g.
+        `random-p0.43`; `optim` is `policy` all the same.
+        """
+        run_dir = self.run_dir(label or policy, seed)
+        arguments = self.arguments(policy, seed, extra, label)
         cmd = [*(shlex.split(self.launcher) if self.launcher else [sys.executable]), *arguments]
-        # The launcher is left out: the same run under another launcher is the same run.
-        signature = {"cmd": arguments, "config": read_json(Path(self.config)), "code": code_fingerprint()}
+        # The launcher is left out: the same run under another launcher is the same run. The thread count is in:
+        # it changes the order of floating-point reductions, so the low bits of the result.
+        signature = {
+            "cmd": arguments,
+            "config": read_json(Path(self.config)),
+            "code": code_fingerprint(),
+            "threads": self.threads,
+        }
         results_file, signature_file = run_dir / "all_results.json", run_dir / SIGNATURE_FILE
         done = results_file.is_file() and signature_file.is_file()
         if self.rerun or not done or read_json(signature_file) != signature:
@@ -91,6 +108,8 @@ class Runner:
                 log.write(shlex.join(cmd) + "\n")
                 log.flush()
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                if self.threads is not None:
+                    env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
                 proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             if proc.returncode != 0:
                 tail = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
@@ -101,18 +120,46 @@ class Runner:
             raise ValueError(
                 f"`metric` ({self.metric!r}) is not in {results_file}; it must be one of {sorted(results)}."
             )
-        steps = read_json(run_dir / "trainer_state.json")["global_step"]
+        state = read_json(run_dir / "trainer_state.json")
+        steps = state["global_step"]
+        # Validation accuracy at the evaluations during training (when there were any): its peak is what early
+        # stopping on clean validation data could have kept.
+        during = [
+            e.get("eval_validation_accuracy", e.get("eval_accuracy"))
+            for e in state.get("log_history", [])
+            if "eval_validation_accuracy" in e or "eval_accuracy" in e
+        ]
+        # Accuracy on the (noisy) training labels at the last evaluation during training: memorization.
+        train_fit = [e["eval_train_accuracy"] for e in state.get("log_history", []) if "eval_train_accuracy" in e]
         return {
-            "policy": policy,
+            "policy": label or policy,
+            "optim": policy,
             "seed": seed,
             self.metric: results[self.metric],
+            "eval_accuracy": results.get("eval_accuracy", float("nan")),
+            "peak_eval_accuracy": max(during, default=float("nan")),
+            "train_noisy_accuracy": train_fit[-1] if train_fit else float("nan"),
             "sam_fraction": results["sam/fraction_total"],
             "passes": results["sam/passes"],
             "steps": steps,
             "passes_per_step": results["sam/passes"] / steps,
             "train_time": results["train_runtime"],
+            "threads": self.threads,
         }
 
     def log_history(self, policy: str, seed: int) -> list[dict]:
         """The Trainer's log history of a finished run (from its trainer_state.json): one entry per logged step."""
         return read_json(self.run_dir(policy, seed) / "trainer_state.json")["log_history"]
+
+
+def run_jobs(jobs: list[tuple["Runner", tuple]], workers: int = 1) -> list[dict]:
+    """`runner.run(*args)` for every `(runner, args)`, `workers` at a time (each its own process), rows in order.
+
+    On a small machine, two single-threaded runs side by side train faster than one run on two threads (small models
+    scale poorly across threads). The wall times of runs that shared the machine compare only with each other, so
+    the studies compare cost in forward/backward passes, which do not depend on it.
+    """
+    if workers <= 1:
+        return [runner.run(*args) for runner, args in jobs]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # the threads only wait on the processes
+        return list(pool.map(lambda job: job[0].run(*job[1]), jobs))

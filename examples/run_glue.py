@@ -106,6 +106,14 @@ class DataTrainingArguments:
     max_predict_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first this many prediction examples."}
     )
+    eval_train_samples: int = field(
+        default=0,
+        metadata={
+            "help": "Also evaluate on this many training examples, with their training labels (noisy ones included), "
+            "whenever the validation split is evaluated during training: `eval_train_accuracy` then shows when the "
+            "model starts to memorize, next to `eval_validation_accuracy`. 0: off."
+        },
+    )
     train_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of training examples."})
     validation_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of evaluation examples."})
     test_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of examples to predict."})
@@ -133,6 +141,8 @@ class DataTrainingArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` ({value}) must be None or >= 1: it is the number of examples kept.")
+        if self.eval_train_samples < 0:
+            raise ValueError(f"`eval_train_samples` ({self.eval_train_samples}) must be >= 0 (0: off).")
 
 
 @dataclass
@@ -141,6 +151,13 @@ class ModelArguments:
 
     model_name_or_path: str = field(metadata={"help": "A Hub model id or a local folder with a pretrained model."})
     config_name: str | None = field(default=None, metadata={"help": "A config to use instead of the model's."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "`key=value` pairs over the config before the weights load, e.g. `num_hidden_layers=2` to keep "
+            "the first two pretrained layers (a cheaper model; the checkpoint's other layers are left unused)."
+        },
+    )
     tokenizer_name: str | None = field(default=None, metadata={"help": "A tokenizer to use instead of the model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloads from the Hub are cached."})
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer when there is one."})
@@ -359,6 +376,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         finetuning_task=data_args.task_name,
         **hub_kwargs,
     )
+    if model_args.config_overrides is not None:
+        logger.info(f"Overriding config: {model_args.config_overrides}")
+        config.update_from_string(model_args.config_overrides)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
         use_fast=model_args.use_fast_tokenizer,
@@ -460,11 +480,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         multiple = 8 if training_args.fp16 or training_args.bf16 else None
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
+    # Evaluations during training may also score part of the training set: memorizing noisy labels shows there.
+    eval_during_training = eval_dataset
+    if eval_dataset is not None and train_dataset is not None and data_args.eval_train_samples > 0:
+        n = min(data_args.eval_train_samples, len(train_dataset))
+        eval_during_training = {"validation": eval_dataset, "train": train_dataset.select(range(n))}
+
     trainer = AESAMTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        eval_dataset=eval_during_training,
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
         data_collator=data_collator,

@@ -114,6 +114,14 @@ class DataTrainingArguments:
         default=0.0,
         metadata={"help": "Fraction in [0, 1) of training labels replaced with another class (symmetric noise)."},
     )
+    eval_train_samples: int = field(
+        default=0,
+        metadata={
+            "help": "Also evaluate on this many training examples, with their training labels (noisy ones included), "
+            "whenever the validation split is evaluated during training: `eval_train_accuracy` then shows when the "
+            "model starts to memorize, next to `eval_validation_accuracy`. 0: off."
+        },
+    )
     random_flip: bool = field(default=True, metadata={"help": "Flip training images left-right at random."})
 
     def __post_init__(self):
@@ -130,6 +138,8 @@ class DataTrainingArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` ({value}) must be None or >= 1: it is the number of examples kept.")
+        if self.eval_train_samples < 0:
+            raise ValueError(f"`eval_train_samples` ({self.eval_train_samples}) must be >= 0 (0: off).")
 
 
 @dataclass
@@ -564,6 +574,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     for split in dataset:
         dataset[split].set_transform(transform[split == "train"])
+    # Evaluations during training may also score part of the training set (its labels, without augmentation):
+    # memorizing noisy labels shows there.
+    eval_during_training = dataset["validation"]
+    if data_args.eval_train_samples > 0:
+        train_subset = dataset["train"].select(range(min(data_args.eval_train_samples, len(dataset["train"]))))
+        train_subset.set_transform(transform[False])
+        eval_during_training = {"validation": dataset["validation"], "train": train_subset}
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         f"{type(model).__name__} with {n_params:,} parameters; splits: "
@@ -579,7 +596,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model=model,
         args=training_args,
         train_dataset=dataset["train"] if training_args.do_train else None,
-        eval_dataset=dataset["validation"] if training_args.do_eval else None,
+        eval_dataset=eval_during_training if training_args.do_eval else None,
         compute_metrics=compute_metrics,
         processing_class=processor,
     )
@@ -599,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_state()  # trainer_state.json, with the log history (the `sam/*` metrics of every log)
         all_metrics.update(metrics)
     if training_args.do_eval:
-        metrics = {**trainer.evaluate(), "eval_samples": len(dataset["validation"])}
+        metrics = {**trainer.evaluate(eval_dataset=dataset["validation"]), "eval_samples": len(dataset["validation"])}
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)

@@ -7,7 +7,6 @@ run as users run them: `python -m benchmarks.<name>` from the repository root.
 
 import importlib
 import json
-import math
 import subprocess
 import sys
 
@@ -48,11 +47,15 @@ def results(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bench")
     run("step_cost", "--smoke", "--output", root / "step_cost.json")
     run("memory", "--smoke", "--repeats", "1", "--workloads", "minilm", "--output", root / "memory.json")
-    run("accuracy", "--smoke", "--seeds", "1", "--rho_grid", "0.05", "0.1", "--output_dir", root / "accuracy")
+    # One regime, one seed: every path of the study (tuning, budgets, matched controls) in a few minutes.
+    study = ["--smoke", "--regimes", "image-noisy", "--seeds", "1", "--rho_grid", "0.05", "0.1"]
+    run("accuracy", *study, "--output_dir", root / "accuracy")
     looksam = library_logs_looksam_ratios(tmp_path_factory.mktemp("probe"))
     if looksam:
         alpha = ["--smoke", "--alphas", "0", "0.7", "--seeds", "1", "--output_dir", root / "looksam_alpha"]
-        run("looksam_alpha", *alpha, "--accuracy_json", root / "accuracy" / "accuracy.json")
+        run(
+            "looksam_alpha", *alpha, "--regimes", "image-noisy", "--accuracy_json", root / "accuracy" / "accuracy.json"
+        )
     return {"root": root, "looksam": looksam}
 
 
@@ -141,32 +144,44 @@ def test_memory_reports_peaks_against_parameter_bytes(results):
 
 @pytest.mark.slow
 @needs_data
-def test_accuracy_study_tunes_rho_on_validation_and_matches_random_to_aesam(results):
+def test_accuracy_study_tunes_rho_on_validation_and_matches_the_controls_to_aesam(results):
     root = results["root"]
     study = json.loads((root / "accuracy" / "accuracy.json").read_text())
-    assert set(study["settings"]) == {"image-noise40", "glue-noise20"}  # the smoke run: the noisy settings only
-    for task, tuning in study["rho_tuning"].items():
-        scores = {float(k): v for k, v in tuning["scores"].items()}
-        assert set(scores) == {0.05, 0.1} and tuning["chosen"] == max(scores, key=scores.get), task
-        for rho, score in scores.items():
-            # Each score is the validation accuracy of a `sam` run that never predicted on the test split.
-            run_dir = root / "accuracy" / "tune" / task / f"rho{rho:g}" / "sam" / "seed1"
-            finished = json.loads((run_dir / "all_results.json").read_text())
-            assert finished["eval_accuracy"] == score and not any(k.startswith("test_") for k in finished)
-            assert "--do_predict false" in (run_dir / "log.txt").read_text()
+    assert set(study["regimes"]) == {"image-noisy"}
     assert study["command"].startswith("python -m benchmarks.accuracy") and study["environment"]["torch"]
-    image = study["settings"]["image-noise40"]
-    assert image["rho"] == study["rho_tuning"]["image"]["chosen"]
-    runs = {r["policy"]: r for r in image["runs"]}
-    assert set(runs) == {"adamw_torch", "aesam", "random"}
-    # `random` ran at AE-SAM's measured fraction: its log shows that probability was passed.
-    log = (root / "accuracy" / "image-noise40" / "random" / "seed1" / "log.txt").read_text()
-    assert f"--sam_probability {runs['aesam']['sam_fraction']:.4f}" in log
-    assert runs["adamw_torch"]["time_ratio"] == 1.0 and not math.isnan(runs["aesam"]["time_ratio"])
-    # The noisy text setting trained on a noisy copy of the training CSV, and tested on the clean test split.
-    glue_run = root / "accuracy" / "glue-noise20" / "aesam" / "seed1"
-    assert "fortunes-noise20/train.csv" in (glue_run / "log.txt").read_text()
-    assert json.loads((glue_run / "compare_run.json").read_text())["config"]["test_file"] == "data/fortunes/test.csv"
+    assert study["environment"]["threads_per_run"] == 1
+    r = study["regimes"]["image-noisy"]
+    tuning = r["rho_tuning"]
+    scores = {float(k): v for k, v in tuning["scores"].items()}
+    assert {0.05, 0.1} <= set(scores) and r["rho"] == tuning["chosen"] == max(scores, key=scores.get)
+    for rho, score in scores.items():
+        # Each score is the final validation accuracy of the first seed's `sam` run at that rho.
+        finished = json.loads(
+            (root / "accuracy" / "image-noisy" / f"rho{rho:g}" / "sam" / "seed1" / "all_results.json").read_text()
+        )
+        assert finished["eval_accuracy"] == score
+    runs = {row["policy"]: row for row in r["runs"]}
+    expected = {"adamw_torch", "sam", "aesam", "aesam-b0.2", "random-p0.2"}
+    assert set(runs) == expected | {"random-matched", "scheduled-matched", "periodic-matched"}
+    assert all(row["threads"] == 1 for row in r["runs"])
+    run_dir = root / "accuracy" / "image-noisy" / f"rho{r['rho']:g}"
+    # The controls ran at AE-SAM's measured fraction, with the optimizer each names.
+    f = runs["aesam"]["sam_fraction"]
+    assert r["aesam_fraction"] == f
+    logs = {label: (run_dir / label / "seed1" / "log.txt").read_text() for label in runs}
+    assert (
+        "--optim random --seed 1" in logs["random-matched"] and f"--sam_probability {f:.4f}" in logs["random-matched"]
+    )
+    assert "--optim scheduled" in logs["scheduled-matched"] and "--aesam_budget" in logs["scheduled-matched"]
+    assert f"--sam_interval {max(1, round(1 / f))}" in logs["periodic-matched"]
+    assert "--aesam_budget 0.2" in logs["aesam-b0.2"] and "--sam_probability 0.2" in logs["random-p0.2"]
+    assert all(f"--sam_rho {r['rho']}" in log for log in logs.values())
+    assert runs["adamw_torch"]["time_ratio"] == 1.0 and runs["adamw_torch"]["passes_per_step"] == 1.0
+    # The evaluations during training scored the noisy training labels as well as the validation split.
+    assert 0 <= runs["adamw_torch"]["train_noisy_accuracy"] <= 1 and 0 <= runs["sam"]["peak_eval_accuracy"] <= 1
+    pairs = {(c["a"], c["b"]) for c in r["comparisons"]}
+    assert ("aesam", "scheduled-matched") in pairs and ("aesam-b0.2", "random-p0.2") in pairs
+    assert all(c["n"] == 1 and c["verdict"] == "no difference" for c in r["comparisons"])  # one seed: no claim
 
 
 @pytest.mark.slow
@@ -180,19 +195,23 @@ def test_looksam_alpha_records_every_sam_step_with_the_study_rho(results):
     root = results["root"]
     payload = json.loads((root / "looksam_alpha" / "looksam_alpha.json").read_text())
     study = json.loads((root / "accuracy" / "accuracy.json").read_text())
-    assert payload["sam_rho"] == study["rho_tuning"]["image"]["chosen"]
-    assert set(payload["results"]) == {"0", "0.7"}
-    for alpha, r in payload["results"].items():
-        # 6 steps with the default interval 5: SAM at steps 0 and 5, whatever α (α only weighs the other steps).
-        assert r["sam_steps"] == 2, alpha
-        gv, diff, cos = r["gv_over_g_quartiles"], r["diff_over_g_quartiles"], r["cos_quartiles"]
+    r = payload["regimes"]["image-noisy"]
+    assert r["sam_rho"] == study["regimes"]["image-noisy"]["rho"]
+    assert set(r["results"]) == {"looksam-a0", "looksam-a0.7", "aelooksam-a0", "aelooksam-a0.7"}
+    for label, cell in r["results"].items():
+        if cell["policy"] == "looksam":
+            # 8 steps with the default interval 5: SAM at steps 0 and 5, whatever α (α only weighs the other steps).
+            assert cell["sam_steps"] == 2, label
+        gv, diff, cos = cell["gv_over_g_quartiles"], cell["diff_over_g_quartiles"], cell["cos_quartiles"]
         assert 0 < gv[0] <= gv[1] <= gv[2] and -1 <= cos[1] <= 1
         # g_s - g = (c - 1) g + g_v with g_v orthogonal to g, so it is never shorter than g_v.
         assert diff[0] >= gv[0] - 1e-6 and diff[2] >= gv[2] - 1e-6
-        log = (root / "looksam_alpha" / f"alpha{alpha}" / "looksam" / "seed1" / "log.txt").read_text()
-        assert f"--looksam_alpha {float(alpha)}" in log and "--do_predict false" in log
+        log = (
+            root / "looksam_alpha" / "image-noisy" / f"rho{r['sam_rho']:g}" / label / "seed1" / "log.txt"
+        ).read_text()
+        assert f"--looksam_alpha {cell['alpha']}" in log and "--do_predict false" in log
         assert "--logging_steps 1" in log  # one SAM step per logged window at most: the logged ratios are per step
-    assert "| 0.7 |" in payload["table"]
+    assert "| looksam | 0.7 |" in r["table"]
 
 
 def test_looksam_ratios_are_read_from_the_sam_steps_of_the_log_history():
@@ -213,24 +232,29 @@ def test_looksam_ratios_are_read_from_the_sam_steps_of_the_log_history():
 def test_report_builds_the_benchmarks_page(results, tmp_path):
     run("report", "--results_dir", results["root"], "--docs_dir", tmp_path)
     page = (tmp_path / "benchmarks.md").read_text()
-    headings = ["## Step cost", "## Memory", "## Accuracy", "### image-noise40", "### glue-noise20"]
-    for heading in headings + (["α (image"] if results["looksam"] else []):
+    headings = ["## Step cost", "## Memory", "## Accuracy", "### image-noisy (overfitting)", "95% interval"]
+    for heading in headings + (["### LookSAM's reuse weight α"] if results["looksam"] else []):
         assert heading in page, heading
     assert "| vit | SAM step / ERM step |" in page and "Machine and versions:" in page
     assert "| vit4 | stock Trainer step / stock Trainer step (noise floor) |" in page
-    for figure in ("accuracy_vs_cost.png", "aesam_decisions.png"):
+    assert "| sam − adamw_torch | 1 |" in page and "`--aesam_budget 0.2`: realized fraction" in page
+    for figure in ("accuracy_vs_cost.png", "rho_tuning.png", "aesam_decisions_image-noisy.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 10_000, figure
 
 
-@pytest.mark.slow
-@needs_data
-def test_full_study_tunes_rho_on_the_clean_setting_of_each_task(tmp_path):
-    from benchmarks import accuracy
+def test_regimes_are_the_configs_they_describe():
+    from benchmarks.regimes import REGIMES
 
-    study = accuracy.settings(accuracy.StudyArguments(output_dir=str(tmp_path)), tmp_path)
-    # main() tunes rho on the first setting of each task: it must be the clean one.
-    assert [(s.task, s.noise) for s in study] == [("image", 0.0), ("image", 0.4), ("glue", 0.0), ("glue", 0.2)]
-    assert study[0].policies == accuracy.IMAGE_POLICIES and study[2].policies == accuracy.GLUE_POLICIES
-    assert "--label_noise" not in study[0].extra and study[1].extra[-6:-4] == ["--label_noise", "0.4"]
-    noisy_train = study[3].extra[study[3].extra.index("--train_file") + 1]
-    assert "--train_file" not in study[2].extra and noisy_train.endswith("fortunes-noise20/train.csv")
+    for name, regime in REGIMES.items():
+        config = json.loads((ROOT / "configs" / "experiments" / regime.config).read_text())
+        assert config["max_steps"] > 0, name
+        if regime.kind == "overfitting":
+            # Memorization must be visible: the runs score their noisy training labels during training.
+            assert config["eval_strategy"] == "steps" and config["eval_train_samples"] > 0, name
+        noise = config.get("label_noise", 0.0)
+        if regime.task == "glue":  # the text regime's noise is in its training CSV (`make data`)
+            assert "fortunes-noisy" in config["train_file"] and "fortunes-noisy" in config["test_file"]
+            makefile = (ROOT / "Makefile").read_text()
+            assert f"--output_dir $(dir $(FORTUNES_NOISY_CSV)) --label_noise {regime.label_noise}" in makefile
+        else:
+            assert noise == regime.label_noise, name

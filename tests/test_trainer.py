@@ -547,3 +547,32 @@ def test_packed_one_row_batches_are_not_short(tmp_path):
     trainer.data_collator = _one_row
     trainer.train()
     assert trainer._sam_controller.partial_steps == 0 and trainer._sam_controller.decided_steps == 4
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "aesam"])
+def test_evaluation_during_training_does_not_change_the_run(tmp_path, optim):
+    """Same seed, same trajectory, whatever `eval_strategy`: evaluations leave the dropout stream alone.
+
+    The stock Trainer, run the same way, is checked to differ: creating the eval DataLoader draws from the global
+    generator, so without the guard this test would fail.
+    """
+    data = TokenDataset(length=32)
+    dropout = dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+
+    def final_weights(trainer_cls, evaluate: bool, name: str) -> dict[str, torch.Tensor]:
+        eval_args = dict(eval_strategy="steps", eval_steps=2) if evaluate else dict(eval_strategy="no")
+        if trainer_cls is Trainer:
+            args = TrainingArguments(
+                **CPU_TEST_ARGS, output_dir=str(tmp_path / name), optim="adamw_torch", **eval_args
+            )
+        else:
+            args = get_config(tmp_path / name, optim=optim, sam_rho=0.1, **eval_args)
+        trainer = trainer_cls(model=tiny_bert(**dropout), args=args, train_dataset=data, eval_dataset=data)
+        trainer.train()
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    with_eval, without = final_weights(AESAMTrainer, True, "a"), final_weights(AESAMTrainer, False, "b")
+    for name, value in without.items():
+        assert torch.equal(with_eval[name], value), name
+    stock_eval, stock = final_weights(Trainer, True, "c"), final_weights(Trainer, False, "d")
+    assert any(not torch.equal(stock_eval[n], v) for n, v in stock.items()), "the stock Trainer no longer drifts"

@@ -1,0 +1,126 @@
+"""The accuracy study's decisions, pinned without training: paired intervals, the rho grid, the matched controls,
+the comparisons it reports and the demo's reading of its table."""
+
+import math
+
+import pytest
+from scipy import stats as scipy_stats
+
+from benchmarks import accuracy
+from benchmarks.compare import read_out
+from benchmarks.regimes import REGIMES
+from benchmarks.stats import paired_difference
+
+
+def test_paired_difference_is_students_t_interval_over_seeds():
+    a = {1: 0.70, 2: 0.72, 3: 0.74, 9: 0.5}  # seed 9 has no partner: left out
+    b = {1: 0.69, 2: 0.70, 3: 0.71}
+    d = paired_difference(a, b, ("sam", "adamw"))
+    # differences 0.01, 0.02, 0.03: mean 0.02, std 0.01, t(0.975, 2) = 4.303
+    half = scipy_stats.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)
+    assert d.n == 3 and d.mean == pytest.approx(0.02)
+    assert (d.low, d.high) == (pytest.approx(0.02 - half), pytest.approx(0.02 + half))
+    assert d.low < 0 < d.high and d.verdict == "no difference"  # 3 seeds cannot resolve this one
+    clear = paired_difference({s: 0.8 + 0.001 * s for s in range(5)}, {s: 0.7 for s in range(5)}, ("x", "y"))
+    assert clear.low > 0 and clear.verdict == "x better"
+    assert paired_difference({1: 0.1, 2: 0.2, 3: 0.3}, {1: 0.3, 2: 0.41, 3: 0.5}, ("x", "y")).verdict == "y better"
+    # Two seeds 5 points apart each way but far from each other: t with 1 degree of freedom is wide.
+    assert paired_difference({1: 0.1, 2: 0.2}, {1: 0.3, 2: 0.45}, ("x", "y")).verdict == "no difference"
+
+
+def test_a_single_seed_gives_no_interval_and_no_claim():
+    d = paired_difference({1: 0.9}, {1: 0.1}, ("x", "y"))
+    assert d.n == 1 and math.isnan(d.low) and d.verdict == "no difference"
+    with pytest.raises(ValueError, match="share no seed"):
+        paired_difference({1: 0.9}, {2: 0.1}, ("x", "y"))
+
+
+def tune(monkeypatch, curve, grid) -> dict:
+    """`tune_rho` with each `sam` run replaced by `curve(rho)` as its validation accuracy."""
+    calls = []
+
+    def fake_run_jobs(jobs, workers):
+        rows = []
+        for _runner, (policy, seed, flags, _label) in jobs:
+            assert policy == "sam" and seed == 1 and "--do_predict" not in flags
+            rho = float(flags[flags.index("--sam_rho") + 1])
+            calls.append(rho)
+            rows.append({"eval_accuracy": curve(rho)})
+        return rows
+
+    monkeypatch.setattr(accuracy, "run_jobs", fake_run_jobs)
+    args = accuracy.StudyArguments(seeds=[1, 2], rho_grid=grid, output_dir="unused")
+    tuning = accuracy.tune_rho(args, accuracy.RegimeRuns(args, REGIMES["image-noisy"]))
+    assert len(calls) == len(set(calls))  # no rho is run twice
+    return tuning
+
+
+def test_rho_grid_grows_past_an_edge_until_the_optimum_is_inside(monkeypatch):
+    # Validation accuracy peaking at rho = 0.2: the grid [0.05, 0.1] must grow to 0.2 (the best, at the edge again)
+    # and 0.4 (which puts it inside).
+    tuning = tune(monkeypatch, lambda rho: -abs(math.log(rho / 0.2)), [0.05, 0.1])
+    assert tuning["chosen"] == pytest.approx(0.2) and tuning["interior"] and tuning["extensions"] == 2
+    assert set(map(float, tuning["scores"])) == {0.05, 0.1, 0.2, 0.4}
+    # With a peak further out, the study stops after two extensions and says the choice is at the edge.
+    tuning = tune(monkeypatch, lambda rho: -abs(math.log(rho / 5.0)), [0.05, 0.1])
+    assert tuning["chosen"] == pytest.approx(0.4) and not tuning["interior"]
+    # Downwards too.
+    tuning = tune(monkeypatch, lambda rho: -abs(math.log(rho / 0.02)), [0.05, 0.1, 0.2])
+    assert tuning["chosen"] == pytest.approx(0.025) and tuning["interior"]  # after trying 0.025 and 0.0125
+
+
+def test_matched_controls_take_aesam_fraction():
+    controls = {label: (policy, flags) for policy, flags, label in accuracy.matched_controls(0.43)}
+    assert controls["random-matched"] == ("random", ["--sam_probability", "0.4300"])
+    assert controls["scheduled-matched"] == ("scheduled", ["--aesam_budget", "0.4300"])
+    assert controls["periodic-matched"] == ("periodic", ["--sam_interval", "2"])  # 1/0.43 = 2.3 -> every 2nd step
+    assert dict((label, flags) for _, flags, label in accuracy.matched_controls(0.15))["periodic-matched"] == [
+        "--sam_interval",
+        "7",
+    ]
+
+
+def test_comparisons_pair_the_questions_the_study_asks():
+    rows = [
+        {"policy": policy, "seed": seed, "test_accuracy": score + 0.001 * seed}
+        for seed in (1, 2, 3)
+        for policy, score in [
+            ("adamw_torch", 0.5),
+            ("sam", 0.6),
+            ("aesam", 0.55),
+            ("random-matched", 0.54),
+            ("scheduled-matched", 0.55),
+            ("periodic-matched", 0.53),
+            ("aesam-b0.2", 0.52),
+            ("random-p0.2", 0.51),
+        ]
+    ]
+    found = {(c["a"], c["b"]): c for c in accuracy.comparisons(rows, REGIMES["image-noisy"])}
+    expected = {("sam", "adamw_torch"), ("aesam", "adamw_torch"), ("aesam", "sam"), ("aesam-b0.2", "random-p0.2")}
+    expected |= {("aesam", c) for c in ("random-matched", "scheduled-matched", "periodic-matched")}
+    assert set(found) == expected  # budgets 0.35 and 0.5 did not run: not compared
+    assert found[("sam", "adamw_torch")]["mean"] == pytest.approx(0.1)
+    assert found[("aesam", "sam")]["verdict"] == "sam better"
+
+
+def test_the_demo_reading_quotes_the_table():
+    def entry(policy, score, passes, peak=float("nan"), fit=float("nan")):
+        return {
+            "policy": policy,
+            "test_accuracy": (score, 0.0),
+            "passes_per_step": (passes, 0.0),
+            "peak_eval_accuracy": (peak, 0.0),
+            "train_noisy_accuracy": (fit, 0.0),
+        }
+
+    summary = [entry("adamw_torch", 0.52, 1.0, 0.70, 0.91), entry("sam", 0.64, 2.0), entry("aesam", 0.58, 1.4)]
+    text = read_out(summary, "test_accuracy", "adamw_torch", {"label_noise": 0.4}, n_seeds=1)
+    assert "peaked at 70.0% validation accuracy" in text and "fit 91% of its training labels" in text
+    assert "about 60%" in text and "memorized" in text
+    assert "SAM ended at 64.0% (+12.0 points) for 2.00" in text
+    assert "aesam ended at 58.0% (+6.0 points, 50% of SAM's gain) for 1.40 passes per step (40% of SAM's" in text
+    assert "one seed, so no interval" in text
+    # SAM losing is said as plainly.
+    summary[1] = entry("sam", 0.50, 2.0)
+    text = read_out(summary, "test_accuracy", "adamw_torch", {}, n_seeds=3)
+    assert "SAM ended at 50.0% (-2.0 points)" in text and "memorized" not in text and "SAM's gain" not in text
