@@ -121,11 +121,15 @@ def tune_rho(args: StudyArguments, runs: RegimeRuns) -> dict:
 
 
 def matched_controls(f: float) -> list[tuple[str, list[str], str]]:
-    """The SAM-step controls at AE-SAM's fraction f: (policy, flags, label)."""
+    """The SAM-step controls at AE-SAM's fraction f: (policy, flags, label).
+
+    f is rounded to 2 decimals: the controls' runs (and their reuse) do not change when a seed added to the study
+    moves AE-SAM's mean fraction by less than that.
+    """
     interval = max(1, round(1 / f)) if f > 0 else 10**9
     return [
-        ("random", ["--sam_probability", f"{f:.4f}"], "random-matched"),
-        ("scheduled", ["--aesam_budget", f"{min(max(f, 0.01), 0.99):.4f}"], "scheduled-matched"),
+        ("random", ["--sam_probability", f"{f:.2f}"], "random-matched"),
+        ("scheduled", ["--aesam_budget", f"{min(max(f, 0.01), 0.99):.2f}"], "scheduled-matched"),
         ("periodic", ["--sam_interval", str(interval)], "periodic-matched"),
     ]
 

@@ -71,8 +71,8 @@ def test_rho_grid_grows_past_an_edge_until_the_optimum_is_inside(monkeypatch):
 
 def test_matched_controls_take_aesam_fraction():
     controls = {label: (policy, flags) for policy, flags, label in accuracy.matched_controls(0.43)}
-    assert controls["random-matched"] == ("random", ["--sam_probability", "0.4300"])
-    assert controls["scheduled-matched"] == ("scheduled", ["--aesam_budget", "0.4300"])
+    assert controls["random-matched"] == ("random", ["--sam_probability", "0.43"])
+    assert controls["scheduled-matched"] == ("scheduled", ["--aesam_budget", "0.43"])
     assert controls["periodic-matched"] == ("periodic", ["--sam_interval", "2"])  # 1/0.43 = 2.3 -> every 2nd step
     assert dict((label, flags) for _, flags, label in accuracy.matched_controls(0.15))["periodic-matched"] == [
         "--sam_interval",

@@ -18,16 +18,21 @@ from benchmarks.results import decision_trace
 def test_compare_writes_table_and_figure(tmp_path):
     own = ["--policies", "adamw_torch", "aesam", "--seeds", "1", "2", "--output_dir", str(tmp_path)]
     samples = ["--max_train_samples", "128", "--max_eval_samples", "32", "--max_predict_samples", "64"]
-    example = ["--max_steps", "6", *samples, "--per_device_train_batch_size", "16", *QUIET]
+    during = ["--eval_steps", "3", "--eval_train_samples", "32"]  # the config evaluates during training
+    example = ["--max_steps", "6", *samples, *during, "--per_device_train_batch_size", "16", *QUIET]
     cmd = [sys.executable, "-m", "benchmarks.compare", *own, "--", *example]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (adamw_torch|aesam) \|.*$", out.stdout, flags=re.M)}
     assert set(rows) == {"adamw_torch", "aesam"}
     assert "| 0.00 | 6 | 1.00 |" in rows["adamw_torch"]  # no SAM step, one pass per step
+    assert "| peak validation (%) | fit of noisy train labels (%) |" in out.stdout
     runs = (tmp_path / "results.csv").read_text().splitlines()
-    assert len(runs) == 1 + 4 and runs[0].startswith("policy,seed,test_accuracy,sam_fraction,passes")
-    assert (tmp_path / "results.md").read_text().count("| aesam |") == 1
+    assert len(runs) == 1 + 4 and runs[0].startswith("policy,optim,seed,test_accuracy,eval_accuracy")
+    results_md = (tmp_path / "results.md").read_text()
+    assert results_md.count("| aesam |") == 1
+    # No `sam` run, so no paragraph: it reads SAM's gain against the baseline.
+    assert "Reading:" not in results_md and "2 at a time, 1 torch thread(s) each" in out.stdout
 
     from PIL import Image
 
