@@ -79,8 +79,9 @@ class StudyArguments:
 class RegimeRuns:
     """The runs of one regime: one `Runner` per rho, the regime's flags, the study's threads."""
 
-    def __init__(self, args: StudyArguments, regime: Regime):
-        self.args, self.regime = args, regime
+    def __init__(self, args: StudyArguments, regime: Regime, metric: str = "test_accuracy"):
+        # `metric`: what each run must have scored; `eval_accuracy` for runs that skip the test split.
+        self.args, self.regime, self.metric = args, regime, metric
         self.extra = [*(regime.smoke if args.smoke else ()), "--report_to", "none"]
         self.root = Path(args.output_dir) / regime.name
 
@@ -89,7 +90,7 @@ class RegimeRuns:
             self.regime.task,
             str(self.root / f"rho{rho:g}"),
             self.regime.config_path,
-            metric="test_accuracy",
+            metric=self.metric,
             threads=self.args.threads,
         )
 

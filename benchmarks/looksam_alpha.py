@@ -111,7 +111,7 @@ def measure(args: LookSAMAlphaArguments, regime: str) -> dict:
     """Validation accuracy and the SAM-step ratios of every (policy, α) in one regime."""
     rho = tuned_rho(args, regime)
     study = StudyArguments(output_dir=args.output_dir, seeds=args.seeds, threads=args.threads, smoke=args.smoke)
-    runs = RegimeRuns(study, REGIMES[regime])
+    runs = RegimeRuns(study, REGIMES[regime], metric="eval_accuracy")  # validation only: `--do_predict false`
     cells = [(policy, alpha) for policy in POLICIES for alpha in args.alphas]
     jobs = [
         runs.job(rho, policy, seed, ["--looksam_alpha", str(alpha), "--do_predict", "false"], f"{policy}-a{alpha:g}")
