@@ -92,16 +92,28 @@ def split_optim(optim: str | Enum, base_optim: str | Enum, name: str = "optim") 
 def refuse_sharded_backend(backend: str | None, value: Any = True, source: str | None = None) -> None:
     """Raise if a sharding backend (FSDP, DeepSpeed) is asked for: the one check for every way of asking.
 
-    The SAM step needs the whole gradient and the whole weight vector on each rank; DeepSpeed ZeRO and FSDP shard
-    them. (DDP, single device and DataParallel are supported.) `source` is what asked, e.g. the config field.
+    DeepSpeed ZeRO shards the gradient and the weights out of SAMController's reach. FSDP2 parameters the controller
+    handles (hand-written loops, README "FSDP2"), but AESAMTrainer's FSDP path is untested: Accelerate runs no FSDP on
+    CPUs (it silently falls back to DDP), the only devices the tests have, and its FSDP1 flattens the parameters into
+    plain tensors that the controller would take for whole ones. So it stays refused until tested on GPUs.
+    (DDP, single device and DataParallel are supported.) `source` is what asked, e.g. the config field.
     """
     if backend is None:
         return
     where = source or backend
+    if backend.upper() == "FSDP":
+        reason = "its FSDP path is not tested yet (Accelerate runs no FSDP on CPUs, where the tests run)"
+        loop = (
+            " In a hand-written training loop, `SAMController` supports parameters sharded with FSDP2's `fully_shard` "
+            '(README, "FSDP2").'
+        )
+    else:
+        reason = "the SAM step needs the full gradient and weights on every rank"
+        loop = ""
     raise ValueError(
-        f"{where} ({value!r}) is not supported by AESAMTrainer: the SAM step needs the full gradient and weights on "
-        "every rank. Use multi-process DDP instead: `torchrun`, or `accelerate launch` with a "
-        "`distributed_type: MULTI_GPU` config (e.g. configs/accelerate/multi_gpu.yaml)."
+        f"{where} ({value!r}) is not supported by AESAMTrainer: {reason}. Use multi-process DDP instead: `torchrun`, "
+        "or `accelerate launch` with a `distributed_type: MULTI_GPU` config (e.g. configs/accelerate/multi_gpu.yaml)."
+        + loop
     )
 
 

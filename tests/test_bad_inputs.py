@@ -60,6 +60,10 @@ def test_sharding_backend_from_an_accelerate_config_is_refused(tmp_path, monkeyp
     with pytest.raises(ValueError, match=f"`distributed_type: {backend}` in the accelerate config") as err:
         _config(tmp_path)
     assert "MULTI_GPU" in str(err.value)
+    # FSDP2 in a hand-written loop is supported by the controller: the FSDP refusal says so, the DeepSpeed one does not.
+    assert ("`SAMController` supports parameters sharded with FSDP2's `fully_shard`" in str(err.value)) == (
+        backend == "FSDP"
+    )
     monkeypatch.setenv(variable, "false")
     _config(tmp_path)
 

@@ -156,7 +156,8 @@ use_cpu: true
 
 @pytest.mark.distributed
 def test_accelerate_launch_with_an_fsdp_config_is_refused(tmp_path):
-    # On CPUs Accelerate would silently run DDP instead; on GPUs it would shard. Both are refused, naming the fix.
+    # On CPUs Accelerate would silently run DDP instead; on GPUs it would shard. Both are refused, naming the fix
+    # (DDP) and, for hand-written loops, the controller's FSDP2 support.
     config = tmp_path / "fsdp2.yaml"
     config.write_text(FSDP2_CONFIG)
     args = TRAIN_ARGS + ["--output_dir", tmp_path, "--max_steps", "2"]
@@ -164,4 +165,5 @@ def test_accelerate_launch_with_an_fsdp_config_is_refused(tmp_path):
     assert job.returncode != 0
     assert "`distributed_type: FSDP` in the accelerate config" in job.output, job.output[-3000:]
     assert "distributed_type: MULTI_GPU" in job.output
+    assert "SAMController` supports parameters sharded with FSDP2's `fully_shard`" in job.output
     assert not (tmp_path / "rank0.pt").exists()
