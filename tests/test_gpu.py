@@ -3,7 +3,8 @@ CPU paths (its exit without CUDA, its arguments, its measurements on a tiny mode
 
 On the GPU: fp16 with the GradScaler Accelerate builds (the SAM norm is taken on unscaled gradients), bf16 autocast
 (no scaler), and an fp16 overflow planted in the first or the second pass of a SAM step (a skipped step that leaves
-the weights and the policy's statistics as they were, and halves the loss scale).
+the weights and the policy's statistics as they were, and halves the loss scale); SAMController on FSDP2 parameters
+over NCCL.
 """
 
 import math
@@ -119,6 +120,37 @@ def test_fp16_overflow_in_either_pass_is_a_skipped_step(tmp_path, which_pass):
     assert recorder.scales[at] == recorder.scales[at - 1] / 2  # the GradScaler saw the overflow
     assert controller.sam_steps == 4  # a second-pass overflow is not counted as a SAM step either
     assert all(math.isfinite(v) for p in trainer.model.parameters() for v in p.detach().flatten()[:8].tolist())
+
+
+def fsdp2_one_rank_matches_unsharded(device: str, backend: str) -> None:
+    """A hand-written SAM loop on FSDP2 parameters in a group of one rank equals the same loop unsharded.
+
+    One rank shards nothing away, but every step runs the sharded path (DTensors, local shards, the all-reduces over
+    the `backend`) on `device`: what the 2-rank CPU test (tests/test_fsdp2.py) cannot run.
+    """
+    import torch.distributed as dist
+    from distributed.launching import free_port
+    from distributed.run_fsdp2_training import CASES, train
+
+    cases = ("aelooksam", "asam")
+    single = {name: train(CASES[name], device=device) for name in cases}
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        sharded = {name: train(CASES[name], sharded=True, device=device) for name in cases}
+    finally:
+        dist.destroy_process_group()
+    for name in cases:
+        assert [r["sam"] for r in sharded[name]["records"]] == [r["sam"] for r in single[name]["records"]], name
+        assert sharded[name]["counters"] == single[name]["counters"], name
+        for key, w in single[name]["weights"].items():
+            assert w.device.type == device
+            torch.testing.assert_close(sharded[name]["weights"][key], w, atol=1e-5, rtol=1e-5, msg=f"{name} {key}")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_fsdp2_on_one_gpu_matches_unsharded():
+    fsdp2_one_rank_matches_unsharded("cuda", "nccl")
 
 
 # ---- benchmarks/gpu_check.py on this machine ----
