@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "command": "python -m benchmarks.gpu_check " + " ".join(argv),
+        "date": time.strftime("%Y-%m-%d"),
         "arguments": asdict(args),
         "environment": environment(),
         "tests": tests,

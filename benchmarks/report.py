@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from benchmarks.gpu_check import table as gpu_table
 from benchmarks.results import decision_trace, markdown_table
 from benchmarks.step_cost import table as step_cost_table
 
@@ -289,6 +290,36 @@ def cost_section(cost: dict) -> str:
     return "\n".join(["## Step cost", "", f"Command: `{cost['command']}`.", "", *rows, "", table, ""])
 
 
+# `make gpu-check` runs only where a GPU is lent, not in `make bench`: its JSON is kept in the repository, as measured.
+GPU_CHECK = Path(__file__).with_name("measured") / "gpu_check.json"
+
+
+def gpu_section(gpu: dict) -> str:
+    """The GPU check's table, with the per-round ranges of its ratios: how much of a ratio is the machine's noise."""
+    env = gpu["environment"]
+    head = (
+        f"Measured on {gpu.get('date', 'an earlier date')} on one {env.get('gpu', 'GPU')} lent for this check "
+        f"(`{gpu['command']}`, {gpu['wall_time_s']:.0f} s; {environment_lines(env)}), not by `make bench`: the JSON "
+        f"is kept as measured in `benchmarks/measured/`. GPU tests: {gpu['tests']['summary'] if gpu['tests'] else 'not run'}."
+    )
+    ranges = []
+    for precision, r in gpu["results"].items():
+        parts = [
+            f"{label} {r[key]['median']:.2f} ({r[key]['min']:.2f}–{r[key]['max']:.2f})"
+            for label, key in (
+                ("SAM/ERM", "sam_over_erm"),
+                ("AE-SAM/ERM", "aesam_over_erm"),
+                ("erm/stock", "erm_over_stock"),
+            )
+        ]
+        ranges.append(
+            f"- {precision}, {r['model']}, batch {r['batch']}: median ratio within a round (range over "
+            f"{len(r['per_round_ms']['erm'])} rounds): " + ", ".join(parts) + "."
+        )
+    table = gpu_table(gpu["results"])
+    return "\n".join(["## GPU check", "", head, "", *ranges, "", table, ""])
+
+
 def main(argv: list[str] | None = None) -> Path:
     (args,) = HfArgumentParser(ReportArguments).parse_args_into_dataclasses(args=argv)
     results, docs = Path(args.results_dir), Path(args.docs_dir)
@@ -313,6 +344,8 @@ def main(argv: list[str] | None = None) -> Path:
     parts += [accuracy_section(study, figures) if study else "## Accuracy\n\nNot run.\n"]
     looksam = load(results / "looksam_alpha" / "looksam_alpha.json")
     parts += [looksam_section(looksam) if looksam else "### LookSAM's reuse weight α\n\nNot run.\n"]
+    gpu = load(GPU_CHECK)
+    parts += [gpu_section(gpu) if gpu else "## GPU check\n\nNo GPU was available to run `make gpu-check`.\n"]
     out = docs / "benchmarks.md"
     out.write_text("\n".join(parts), encoding="utf-8")
     print(f"Written to {out}")
