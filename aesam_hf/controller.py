@@ -38,7 +38,7 @@ from torch import Tensor
 from .hparams import DEFAULTS, check
 from .policies import SAMPolicy
 from .sam import LookSAMGeometry, apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
-from .sharding import local_tensors, shard_group, shard_of
+from .sharding import all_reduce_sum, local_tensors, shard_group, shard_of
 
 
 @dataclass
@@ -411,6 +411,22 @@ class SAMController:
                 "The checkpoint's LookSAM direction g_v does not have the shapes of this rank's parameter shards: it "
                 "was saved from another model, or another sharding of it."
             )
+
+    @property
+    def shard(self) -> dict[str, int] | None:
+        """Under FSDP2, this rank's place in the shard group (`{"rank", "world_size"}`); None when unsharded."""
+        return None if self._shard_group is None else shard_of(self._shard_group)
+
+    def weights_are_finite(self) -> bool:
+        """Whether every weight is finite: one host sync, and under FSDP2 one all-reduce of a flag.
+
+        Under FSDP2 each rank checks its local shards and the flags are summed over the shard group, so every rank
+        gets the same answer (a rank that alone raised would leave the others waiting in the next collective).
+        """
+        with torch.no_grad():
+            norms = torch._foreach_norm(self._local(self.params), 2)
+            bad = (~torch.isfinite(torch.stack(norms))).any().float()
+        return not bool(all_reduce_sum(bad, self._shard_group))
 
     @property
     def sam_fraction(self) -> float:

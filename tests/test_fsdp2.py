@@ -6,6 +6,7 @@ needs DTensors but not two processes: the sharding checks and the loading rules 
 """
 
 import contextlib
+import os
 import pathlib
 
 import pytest
@@ -13,10 +14,12 @@ import torch
 import torch.distributed as dist
 from distributed.launching import load_ranks, torchrun
 from distributed.run_fsdp2_training import CASES, RESUME_AT, make_model, shard, train
+from testing_utils import MLPRegressionModel, get_trainer, sam_logs
 from torch import nn
+from transformers import TrainerCallback
 
-from aesam_hf import SAMController, make_policy
-from aesam_hf.sharding import local_tensors, shard_group
+from aesam_hf import SAM_STATE_NAME, AESAMTrainer, SAMController, make_policy
+from aesam_hf.sharding import is_sharded, local_tensors, shard_group
 
 
 requires_gloo = pytest.mark.skipif(
@@ -185,3 +188,137 @@ def test_unsharded_and_sharded_states_do_not_mix():
     state["g_v"] = [g[:1] for g in state["g_v"]]
     with pytest.raises(ValueError, match="shapes of this rank's parameter shards"):
         sharded.load_state_dict(state)
+
+
+# ---- AESAMTrainer on a model sharded before it reaches the Trainer, a group of one rank ----
+
+
+def shard_mlp(model: nn.Module) -> nn.Module:
+    """FSDP2 on `MLPRegressionModel`: every Linear, then the root (on the CPU, over the one-rank gloo group)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+class PreShardedTrainer(AESAMTrainer):
+    """Checkpoints the model as a full state dict: the stock Trainer, which does not know the model is sharded, would
+    hand its DTensors to safetensors, which cannot save them. Optimizer, scheduler and SAM state are the stock path."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        os.makedirs(output_dir, exist_ok=True)
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        torch.save(state, os.path.join(output_dir, "full_model.pt"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        state = torch.load(os.path.join(resume_from_checkpoint, "full_model.pt"), weights_only=True)
+        set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
+
+
+class ParamTypes(TrainerCallback):
+    """The types of the model's parameters at every optimizer step, and the weights after the last one (full)."""
+
+    def __init__(self):
+        self.types: list[set[str]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.types.append({type(p).__name__ for p in model.parameters()})
+
+
+def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: (p.full_tensor() if is_sharded(p) else p).detach().clone() for n, p in model.named_parameters()}
+
+
+def trainer_run(out, sharded: bool, resume: str | None = None, **kwargs) -> tuple[PreShardedTrainer, ParamTypes]:
+    model = MLPRegressionModel(seed=kwargs.pop("model_seed", 0))
+    trainer = get_trainer(out, model=shard_mlp(model) if sharded else model, trainer_cls=PreShardedTrainer, **kwargs)
+    types = ParamTypes()
+    trainer.add_callback(types)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, types
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [h[key] for h in sam_logs(trainer)]
+
+
+# Clipping on (the gradients' norm is well above 1 here), the batch in order, a rate at which AE-SAM decides both ways.
+TRAINER_ARGS = dict(
+    max_steps=8, sam_rho=0.5, learning_rate=0.01, max_grad_norm=1.0, train_sampling_strategy="sequential"
+)
+
+
+@requires_gloo
+@pytest.mark.parametrize("ga", [1, 2])
+@pytest.mark.parametrize("optim", ["sam", "aesam", "aelooksam"])
+def test_trainer_on_fsdp2_parameters_equals_unsharded(tmp_path, optim, ga):
+    args = dict(optim=optim, per_device_train_batch_size=8 // ga, gradient_accumulation_steps=ga, **TRAINER_ARGS)
+    single, _ = trainer_run(tmp_path / "single", sharded=False, **args)
+    with one_rank_group():
+        sharded, types = trainer_run(tmp_path / "sharded", sharded=True, **args)
+        weights = full_weights(sharded.model)
+        assert sharded._sam_controller.shard == {"rank": 0, "world_size": 1}
+    assert types.types == [{"DTensor"}] * 8  # the Trainer trained the FSDP2 parameters, never plain copies
+    assert logged(sharded, "sam/fraction") == logged(single, "sam/fraction")  # the same decisions
+    if optim != "sam":
+        assert set(logged(single, "sam/fraction")) == {0.0, 1.0}  # both kinds of step are compared
+        assert logged(sharded, "sam/grad_norm_sq") == pytest.approx(logged(single, "sam/grad_norm_sq"), rel=1e-5)
+    assert logged(sharded, "sam/passes") == logged(single, "sam/passes")
+    assert logged(sharded, "grad_norm") == pytest.approx(logged(single, "grad_norm"), rel=1e-5)  # clipped from it
+    for name, w in full_weights(single.model).items():
+        torch.testing.assert_close(weights[name], w, **TOL, msg=name)
+
+
+@requires_gloo
+def test_trainer_on_fsdp2_parameters_resumes_bit_for_bit(tmp_path):
+    args = dict(optim="aelooksam", save_strategy="steps", save_steps=4, **TRAINER_ARGS)
+    with one_rank_group():
+        full, _ = trainer_run(tmp_path / "full", sharded=True, **args)
+        checkpoint = tmp_path / "full" / "checkpoint-4"
+        # One SAM state per rank, holding this rank's shards of g_v.
+        assert (checkpoint / "sam_state_rank0.pt").is_file() and not (checkpoint / SAM_STATE_NAME).exists()
+        state = torch.load(checkpoint / "sam_state_rank0.pt", weights_only=True)
+        assert state["g_v_shard"] == {"rank": 0, "world_size": 1} and state["g_v"] is not None
+        resumed, types = trainer_run(
+            tmp_path / "resumed", sharded=True, resume=str(checkpoint), model_seed=123, **args
+        )
+        assert types.types == [{"DTensor"}] * 4
+        tail = lambda t: [h for h in sam_logs(t) if h["step"] > 4]  # noqa: E731
+        assert [h["step"] for h in tail(resumed)] == [5, 6, 7, 8]
+        for got, want in zip(tail(resumed), tail(full)):
+            for key in ("sam/fraction", "sam/passes", "sam/grad_norm_sq", "sam/fraction_total"):
+                assert got.get(key) == want.get(key), key
+        for name, w in full_weights(full.model).items():
+            assert torch.equal(full_weights(resumed.model)[name], w), name
+        c_full, c_res = full._sam_controller, resumed._sam_controller
+        assert c_res.state_dict()["policy"] == c_full.state_dict()["policy"]
+        assert all(torch.equal(a, b) for a, b in zip(c_res.g_v, c_full.g_v))
+
+
+@requires_gloo
+def test_an_unsharded_checkpoint_with_g_v_is_refused_by_a_sharded_trainer(tmp_path):
+    args = dict(optim="aelooksam", save_strategy="steps", save_steps=4, **TRAINER_ARGS)
+    trainer_run(tmp_path / "plain", sharded=False, **args)
+    checkpoint = str(tmp_path / "plain" / "checkpoint-4")
+    with one_rank_group(), pytest.raises(ValueError, match="saved unsharded; this controller runs on FSDP2 shard 0"):
+        trainer_run(tmp_path / "resumed", sharded=True, resume=checkpoint, **args)
+
+
+@requires_gloo
+@one_rank_group()
+def test_the_weight_check_reads_the_local_shards():
+    model = shard_mlp(MLPRegressionModel())
+    sam = SAMController(model.parameters(), make_policy("sam"))
+    assert sam.weights_are_finite()
+    with torch.no_grad():
+        next(model.parameters()).to_local()[0, 0] = float("nan")
+    assert not sam.weights_are_finite()
