@@ -178,6 +178,8 @@ FSDP2_TRAINER_CASES = {  # name: (precision, AESAMConfig fields)
     "sam_bf16": ("bf16", dict(optim="sam")),
     "aesam_bf16": ("bf16", ALWAYS_AESAM),  # every step a SAM step: bf16 noise cannot flip a decision
     "aesam_fp32": ("fp32", dict(optim="aesam")),  # the paper's thresholds: decisions compared exactly
+    # 2 micro-batches: both passes run the first one under Accelerate's FSDP2 `no_sync`.
+    "aesam_fp32_ga2": ("fp32", dict(optim="aesam", per_device_train_batch_size=4, gradient_accumulation_steps=2)),
 }
 # bf16: the relative error of the whole update (w_T - w_0) allowed between FSDP2 and the unsharded run. Accelerate gives
 # FSDP2 a bf16 MixedPrecisionPolicy (the forward runs on bf16 copies of the fp32 shards, LayerNorm included, and the
