@@ -128,9 +128,12 @@ def refuse_sharded_backend(backend: str | None, value: Any = True, source: str |
 
 
 def _fsdp_config(args: TrainingArguments) -> dict[str, Any]:
-    """`fsdp_config` as a dict, before or after `TrainingArguments` processed it (a JSON path, `fsdp_`-prefixed keys)."""
+    """`fsdp_config` as a dict, before or after `TrainingArguments` processed it (a JSON string or path, `fsdp_`-prefixed
+    keys)."""
     config = args.fsdp_config
-    if isinstance(config, str) and os.path.isfile(config):
+    if isinstance(config, str) and config.lstrip().startswith("{"):
+        config = json.loads(config)
+    elif isinstance(config, str) and os.path.isfile(config):
         with open(config, encoding="utf-8") as f:
             config = json.load(f)
     if not isinstance(config, dict):

@@ -42,6 +42,7 @@ def _model():
         ({"deepspeed": {"zero_optimization": {"stage": 2}}}, "deepspeed"),
         ({"fsdp": "full_shard", "fsdp_config": {"version": 1}}, "fsdp"),
         ({"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 1}}, "fsdp"),
+        ({"fsdp": "full_shard", "fsdp_config": '{"version": 1}'}, "fsdp"),  # a JSON string, as from the command line
     ],
 )
 def test_bad_values_raise_naming_the_argument_and_value(tmp_path, kwargs, argument):
@@ -74,6 +75,7 @@ def test_sharding_backend_from_an_accelerate_config_is_refused(tmp_path, monkeyp
         {"fsdp": "full_shard"},  # transformers' default FSDP version is 2
         {"fsdp": True, "fsdp_config": {"version": 2}},
         {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": True}},
+        {"fsdp": "full_shard", "fsdp_config": '{"version": 2}'},
     ],
 )
 def test_fsdp2_is_accepted(tmp_path, kwargs):
