@@ -194,7 +194,11 @@ def _bert_run(out, device: str, precision: str, fields: dict, fsdp: bool) -> dic
     model = tiny_bert()
     initial = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     if fsdp:
-        fields = dict(fields, fsdp="full_shard", fsdp_config={"version": 2})
+        # BERT lists `BertEmbeddings` in `_no_split_modules`, so Accelerate 1.15's default auto-wrap shards it, then
+        # shards its word embeddings a second time and fails inside `fully_shard` (seen on an H200, torch 2.11): the
+        # stock Trainer fails the same way. Wrapping the layers alone avoids it.
+        fsdp_config = {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]}
+        fields = dict(fields, fsdp="full_shard", fsdp_config=fsdp_config)
     trainer = get_trainer(
         out,
         model=model,
