@@ -3,6 +3,9 @@
 The state travels with the optimizer's (`AESAMTrainerMixin` writes and reads it in the Trainer's optimizer hooks;
 `docs/architecture.md`, "Checkpoints", says why). Resuming must keep the counters consistent with the Trainer's step
 in every case, and say what differs from an uninterrupted run: `docs/algorithm.md`, "Rules every policy obeys".
+
+Under FSDP2 the LookSAM direction g_v is held as each rank's local shards, so every rank writes its own file,
+`sam_state_rank{R}.pt` (R: its rank in the shard group), and reads it back on resume (`state_name`, `find_state`).
 """
 
 import os
@@ -18,15 +21,39 @@ from .controller import SAMController
 logger = logging.get_logger(__name__)
 
 SAM_STATE_NAME = "sam_state.pt"
+SHARDED_STATE_NAME = "sam_state_rank{rank}.pt"  # one per rank under FSDP2
 _REQUIRED = ("t", "sam_steps", "decided_steps", "overflow_steps", "passes", "policy", "policy_name", "g_v")
 # Controller settings (`SAMController.settings`) -> the config field a user changes.
 _SETTING_FIELDS = {**HPARAM_FIELDS, "total_steps": "max_steps", "seed": "seed"}
 _FRESH_FLAG = "sam_reset_policy_on_resume"
 
 
-def read_state(checkpoint: str) -> dict[str, Any] | None:
-    """The SAM state saved in `checkpoint`, or None if it has none; a file that cannot be used is an error naming it."""
-    path = os.path.join(checkpoint, SAM_STATE_NAME)
+def state_name(controller: SAMController) -> str:
+    """The file `controller` saves its state to: `sam_state.pt`, or under FSDP2 its rank's `sam_state_rank{R}.pt`."""
+    shard = controller.shard
+    return SAM_STATE_NAME if shard is None else SHARDED_STATE_NAME.format(rank=shard["rank"])
+
+
+def find_state(checkpoint: str, controller: SAMController) -> dict[str, Any] | None:
+    """The SAM state `controller` resumes from: its own file in `checkpoint`, else one saved under another sharding.
+
+    [choice] The counters and the policy's statistics are the same in every rank's file, only g_v differs: a state
+    saved unsharded (or by rank 0 under FSDP2) therefore resumes the policy under another sharding when it holds no
+    g_v, and when it holds one, `SAMController.load_state_dict` refuses it on every rank alike with an error that says
+    so, rather than each rank starting afresh without a word.
+    """
+    names = [state_name(controller), SAM_STATE_NAME, SHARDED_STATE_NAME.format(rank=0)]
+    for name in dict.fromkeys(names):
+        state = read_state(checkpoint, name)
+        if state is not None:
+            return state
+    return None
+
+
+def read_state(checkpoint: str, name: str = SAM_STATE_NAME) -> dict[str, Any] | None:
+    """The SAM state saved in `checkpoint` as `name`, or None if there is none; a file that cannot be used is an error
+    naming it."""
+    path = os.path.join(checkpoint, name)
     if not os.path.isfile(path):
         return None
     try:

@@ -5,6 +5,7 @@ https://huggingface.co/papers/2304.14647. How `--optim` reaches the training ste
 """
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -89,33 +90,104 @@ def split_optim(optim: str | Enum, base_optim: str | Enum, name: str = "optim") 
     return SAMPolicyName(optim), base_optim
 
 
-def refuse_sharded_backend(backend: str | None, value: Any = True, source: str | None = None) -> None:
-    """Raise if a sharding backend (FSDP, DeepSpeed) is asked for: the one check for every way of asking.
+# transformers 5.24 asks Accelerate for FSDP2 unless `fsdp_config` says otherwise; Accelerate's own plugin, built from
+# `accelerate launch`'s environment, defaults to FSDP1 (`FSDP_VERSION` unset).
+_TRANSFORMERS_FSDP_DEFAULT = 2
+_ACCELERATE_FSDP_DEFAULT = "1"
+_FSDP2_HOWTO = (
+    "FSDP2 is supported: `fsdp=True` (or `fsdp='full_shard'`) with `fsdp_config={'version': 2}` (transformers' "
+    "default), or `accelerate launch` with `fsdp_version: 2` in an FSDP config (FSDP_VERSION=2)."
+)
 
-    The SAM step needs the whole gradient and the whole weight vector on each rank; DeepSpeed ZeRO and FSDP shard
-    them. (DDP, single device and DataParallel are supported.) `source` is what asked, e.g. the config field.
+
+def refuse_sharded_backend(backend: str | None, value: Any = True, source: str | None = None) -> None:
+    """Raise if a sharding backend AESAMTrainer cannot run (FSDP1, DeepSpeed) is asked for: the one check for every way
+    of asking.
+
+    DeepSpeed ZeRO shards the gradient and the weights out of SAMController's reach. FSDP1 flattens the parameters into
+    plain tensors that the controller would take for whole ones, so its norms would be one rank's. FSDP2 (DTensor
+    parameters) is supported, by the Trainer and in hand-written loops (README, "FSDP2"), and so are DDP, a single
+    device and DataParallel. `source` is what asked, e.g. the config field.
     """
     if backend is None:
         return
     where = source or backend
+    if backend.upper() == "FSDP":
+        reason = (
+            "FSDP version 1 flattens the parameters into plain tensors that SAMController would take for whole ones, "
+            "so its norms and perturbation would be one rank's"
+        )
+    else:
+        reason = "the SAM step needs the full gradient and weights on every rank"
     raise ValueError(
-        f"{where} ({value!r}) is not supported by AESAMTrainer: the SAM step needs the full gradient and weights on "
-        "every rank. Use multi-process DDP instead: `torchrun`, or `accelerate launch` with a "
-        "`distributed_type: MULTI_GPU` config (e.g. configs/accelerate/multi_gpu.yaml)."
+        f"{where} ({value!r}) is not supported by AESAMTrainer: {reason}. {_FSDP2_HOWTO} Or use multi-process DDP: "
+        "`torchrun`, or `accelerate launch` with a `distributed_type: MULTI_GPU` config (e.g. "
+        "configs/accelerate/multi_gpu.yaml). In a hand-written training loop, `SAMController` supports parameters "
+        "sharded with FSDP2's `fully_shard` too."
+    )
+
+
+def _fsdp_config(args: TrainingArguments) -> dict[str, Any]:
+    """`fsdp_config` as a dict, before or after `TrainingArguments` processed it (a JSON string or path, `fsdp_`-prefixed
+    keys)."""
+    config = args.fsdp_config
+    if isinstance(config, str) and config.lstrip().startswith("{"):
+        config = json.loads(config)
+    elif isinstance(config, str) and os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            config = json.load(f)
+    if not isinstance(config, dict):
+        return {}
+    return {k.removeprefix("fsdp_"): v for k, v in config.items()}
+
+
+def requested_fsdp_version(args: TrainingArguments) -> Any:
+    """The FSDP version the Trainer asks Accelerate for, or None when no FSDP is asked for.
+
+    From `fsdp`/`fsdp_config` when `fsdp` is set (Accelerate then gets the Trainer's plugin), else from `accelerate
+    launch`'s environment (ACCELERATE_USE_FSDP, FSDP_VERSION), with each one's default.
+    """
+    if args.fsdp:
+        config = _fsdp_config(args)
+        if config.get("xla", False):
+            return "xla"  # XLA's FSDP, not Accelerate's
+        version = config.get("version", _TRANSFORMERS_FSDP_DEFAULT)
+    elif os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        version = os.environ.get("FSDP_VERSION", _ACCELERATE_FSDP_DEFAULT)
+    else:
+        return None
+    try:
+        return int(version)
+    except (TypeError, ValueError):
+        return version
+
+
+def fsdp_fallback_warning(distributed_type: Any) -> str:
+    """What to tell a user who asked for FSDP2 where Accelerate does not run FSDP (on CPUs)."""
+    name = getattr(distributed_type, "value", distributed_type)
+    return (
+        f"FSDP2 was asked for, but Accelerate runs FSDP on accelerators only and runs {name} here instead (DDP when "
+        "there are several processes): nothing is sharded, every rank holds the whole model, and AESAMTrainer trains "
+        "it as under DDP."
     )
 
 
 def _requested_sharding(args: TrainingArguments) -> tuple[str, Any, str] | None:
-    """(backend, value, source) of the first sharding request in the fields or the accelerate environment."""
+    """(backend, value, source) of the first sharding request that AESAMTrainer refuses, in the fields or the accelerate
+    environment; FSDP2 is not refused."""
     if args.deepspeed:
         return "DeepSpeed", args.deepspeed, "`deepspeed`"
-    if args.fsdp:
-        return "FSDP", args.fsdp, "`fsdp`"
-    # `accelerate launch` with an FSDP or DeepSpeed config asks through the environment, not through these fields.
-    # On GPUs Accelerate would shard, and on CPUs it silently falls back to DDP, so refuse on every device.
-    for variable, backend in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
-        if os.environ.get(variable, "false").lower() == "true":
-            return backend, f"{variable}=true", f"`distributed_type: {backend}` in the accelerate config"
+    version = requested_fsdp_version(args)
+    if version is not None and version != 2:
+        if version == "xla":
+            return "FSDP", args.fsdp, "`fsdp` on XLA (`fsdp_config['xla']`)"
+        if args.fsdp:
+            return "FSDP", args.fsdp, f"`fsdp` with FSDP version {version} (`fsdp_config`)"
+        return "FSDP", f"FSDP_VERSION={version}", "`distributed_type: FSDP` in the accelerate config"
+    # `accelerate launch` with a DeepSpeed config asks through the environment, not through `deepspeed`. On GPUs
+    # Accelerate would shard, and on CPUs it silently falls back to DDP, so refuse on every device.
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "DEEPSPEED", "ACCELERATE_USE_DEEPSPEED=true", "`distributed_type: DEEPSPEED` in the accelerate config"
     return None
 
 

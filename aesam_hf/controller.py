@@ -18,6 +18,10 @@ Use in a plain PyTorch loop::
         optimizer.step()
         optimizer.zero_grad()
 
+Parameters sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`): build the controller after `fully_shard`, from
+the sharded model's parameters. It then works on each rank's local shards and all-reduces the global sums
+(`aesam_hf.sharding`); see "FSDP2" in the README.
+
 No `transformers` import.
 """
 
@@ -34,6 +38,7 @@ from torch import Tensor
 from .hparams import DEFAULTS, check
 from .policies import SAMPolicy
 from .sam import LookSAMGeometry, apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
+from .sharding import all_reduce_sum, local_tensors, shard_group, shard_of
 
 
 @dataclass
@@ -62,7 +67,8 @@ class SAMController:
 
     Args:
         params (`Iterable[torch.Tensor]`):
-            The trainable parameters (those the optimizer steps). All on one device.
+            The trainable parameters (those the optimizer steps). All on one device. Under FSDP2, the parameters of
+            the model after `fully_shard` (DTensors): the controller then keeps its buffers as local shards.
         policy (`SAMPolicy`):
             Decides which steps are SAM steps.
         rho (`float`, *optional*, defaults to `0.05`):
@@ -98,6 +104,8 @@ class SAMController:
             raise ValueError(
                 f"`params` span several devices ({sorted(map(str, devices))}); use one device per process."
             )
+        # FSDP2: the process group the parameters are sharded over; None (unsharded) leaves every code path as it was.
+        self._shard_group = shard_group(self.params)
         self.policy = policy
         self.rho = rho
         self.adaptive = adaptive
@@ -113,12 +121,12 @@ class SAMController:
         self.overflow_steps = 0
         self.partial_steps = 0  # short batches on which a policy that reads x took no decision
         self.passes = 0  # forward/backward passes over the step's whole batch: 1 per ERM step, 2 per SAM step
-        self.g_v: list[Tensor] | None = None  # LookSAM direction, aligned with self.params
+        self.g_v: list[Tensor] | None = None  # LookSAM direction, aligned with self.params (local shards under FSDP2)
         self.g_v_norm: Tensor | None = None
 
         # Per-step scratch, not checkpointed.
         self.record = StepRecord(step=-1)
-        self._w_saved: list[Tensor] | None = None
+        self._w_saved: list[Tensor] | None = None  # local shards under FSDP2, as the other buffers
         self._g_scratch: list[Tensor] | None = None  # LookSAM policies: g during a SAM step
         self._policy_before: dict[str, Any] | None = None
         self._grad_scale: float | None = None  # the loss scale of the current SAM step's gradients
@@ -143,6 +151,8 @@ class SAMController:
             self.decided_steps += 1
             return False
         idx = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not idx and dist.is_available() and dist.is_initialized():
+            self._no_gradient()
         inv_scale = 1.0 / grad_scale if grad_scale else 1.0
         x = x_host = None
         if self.policy.uses_grad_norm or grad_scale is not None:
@@ -170,10 +180,28 @@ class SAMController:
             self._add_reused_direction(idx, x, inv_scale)
         return record.sam
 
+    def _local(self, tensors: list[Tensor]) -> list[Tensor]:
+        """The tensors the arithmetic runs on: the local shards under FSDP2, the tensors themselves otherwise."""
+        return tensors if self._shard_group is None else local_tensors(tensors)
+
+    def _no_gradient(self) -> None:
+        # In a process group no step leaves every parameter without a gradient, unless these are not the model's
+        # parameters any more: `fully_shard` replaces them with new DTensor parameters (the norm would be 0 and SAM
+        # would perturb nothing, silently).
+        raise RuntimeError(
+            f"None of the {len(self.params)} parameters given to SAMController has a gradient at optimizer step "
+            f"{self.record.step}. If the model was sharded with `fully_shard` (FSDP2) after the controller was built, "
+            "the controller holds the parameters FSDP2 replaced: build it after `fully_shard`, from "
+            "`model.parameters()`. Otherwise call `maybe_perturb()` after `backward()`, before `zero_grad()`."
+        )
+
     def _measure(self, idx: list[int], inv_scale: float) -> Tensor:
         """x = ||g||², unscaled, on the device."""
-        grads = [self.params[i].grad for i in idx]
-        x = grad_norm_sq(grads, inv_scale) if grads else torch.zeros((), device=self.params[0].device)
+        grads = self._local([self.params[i].grad for i in idx])
+        if grads:
+            x = grad_norm_sq(grads, inv_scale, self._shard_group)
+        else:
+            x = torch.zeros((), device=self.params[0].device)
         self.record.grad_norm_sq = x
         return x
 
@@ -213,32 +241,33 @@ class SAMController:
         """w <- w + e, keeping w (and, for LookSAM policies, g) to restore and project after the second pass."""
         self.sam_steps += 1
         self.passes += 1
-        params = [self.params[i] for i in idx]
-        grads = [p.grad for p in params]
+        params = self._local([self.params[i] for i in idx])
+        grads = self._local([self.params[i].grad for i in idx])
         if self._w_saved is None:
-            # Allocated once and reused: the saved weights are the only memory SAM adds (1x the parameters).
-            self._w_saved = [torch.empty_like(p) for p in self.params]
+            # Allocated once and reused: the saved weights are the only memory SAM adds (1x the parameters, of the
+            # local shards under FSDP2).
+            self._w_saved = [torch.empty_like(p) for p in self._local(self.params)]
         with torch.no_grad():
             torch._foreach_copy_([self._w_saved[i] for i in idx], params)
             if self.policy.reuses_direction:
                 # g goes to a scratch buffer, not into g_v: if the second pass overflows, g_v must survive.
                 if self._g_scratch is None:
-                    self._g_scratch = [torch.zeros_like(p) for p in self.params]
+                    self._g_scratch = [torch.zeros_like(p) for p in self._local(self.params)]
                 g_buf = [self._g_scratch[i] for i in idx]
                 torch._foreach_copy_(g_buf, grads)
                 if inv_scale != 1.0:
                     torch._foreach_mul_(g_buf, inv_scale)
-            sam_perturbation_(params, grads, self.rho, self.adaptive, x, inv_scale)  # grads now hold e
+            sam_perturbation_(params, grads, self.rho, self.adaptive, x, inv_scale, self._shard_group)  # grads hold e
             torch._foreach_add_(params, grads)  # w <- w + e
-        for p in params:
-            p.grad = None
+        for i in idx:
+            self.params[i].grad = None
         self._active = idx
         self._grad_scale = grad_scale
 
     def _add_reused_direction(self, idx: list[int], x: Tensor, inv_scale: float) -> None:
         """LookSAM, non-SAM step: g <- g + alpha * ||g|| / ||g_v|| * g_v, in the gradients' (scaled) units."""
         with torch.no_grad():
-            grads = [self.params[i].grad for i in idx]
+            grads = self._local([self.params[i].grad for i in idx])
             g_v = [self.g_v[i] for i in idx]
             apply_looksam_(grads, g_v, self.g_v_norm, self.looksam_alpha, x.sqrt() / inv_scale)
 
@@ -259,7 +288,9 @@ class SAMController:
                 "inputs with the random state of the first (`capture_rng` / `replay_rng`, as AESAMTrainer does); a "
                 "model that draws from Python's `random` or NumPy cannot be replayed this way."
             )
-        x_s = grad_norm_sq(sam_grads, inv_scale).item()
+        sam_grads = self._local(sam_grads)
+        # Under FSDP2 the norm is all-reduced: a non-finite entry in any rank's shard stops every rank alike.
+        x_s = grad_norm_sq(sam_grads, inv_scale, self._shard_group).item()
         if not math.isfinite(x_s) and self._grad_scale is not None:
             # The second pass overflowed (fp16): the GradScaler skips the step, so it counts as an overflow step and
             # the decision's effect on the policy statistics is undone; g_v was never touched.
@@ -283,7 +314,7 @@ class SAMController:
         if self.policy.reuses_direction:
             with torch.no_grad():
                 scratch = [self._g_scratch[i] for i in idx]
-                self.record.looksam = looksam_direction_(scratch, sam_grads, inv_scale)
+                self.record.looksam = looksam_direction_(scratch, sam_grads, inv_scale, self._shard_group)
                 self.g_v_norm = self.record.looksam.g_v_norm
             if self.g_v is not None and len(idx) < len(self.params):
                 # Parameters without a gradient this step keep their old direction.
@@ -303,13 +334,20 @@ class SAMController:
         idx, self._active = self._active, None
         with torch.no_grad():
             # Copy back, never subtract e: w + e - e is not w in floating point, and the error would accumulate.
-            torch._foreach_copy_([self.params[i] for i in idx], [self._w_saved[i] for i in idx])
+            torch._foreach_copy_(self._local([self.params[i] for i in idx]), [self._w_saved[i] for i in idx])
         return idx
 
     # ---- checkpointing ----
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The counters, the policy's state and the LookSAM direction g_v, on the CPU.
+
+        [choice] Under FSDP2, g_v is this rank's local shards, saved with the rank (`g_v_shard`): call `state_dict()`
+        on every rank and save one file per rank. No collective runs, so a call on one rank cannot hang the others,
+        and no rank ever holds the whole g_v. Such a state loads back only on the same rank of a job sharded the same
+        way (same world size, same model).
+        """
+        state = {
             "t": self.t,
             "sam_steps": self.sam_steps,
             "decided_steps": self.decided_steps,
@@ -322,6 +360,9 @@ class SAMController:
             "g_v_norm": None if self.g_v_norm is None else self.g_v_norm.detach().cpu(),
             "settings": self.settings(),
         }
+        if self._shard_group is not None:
+            state["g_v_shard"] = shard_of(self._shard_group)
+        return state
 
     def settings(self) -> dict[str, Any]:
         """The values the decisions depend on; saved with the state so that a resumed run can say what changed."""
@@ -338,6 +379,8 @@ class SAMController:
                 f"The checkpoint's SAM state is for policy {state['policy_name']!r}, this run uses "
                 f"{self.policy.name.value!r}; resume with the same `optim`, or start the policy afresh."
             )
+        if policy_state:
+            self._check_g_v_shard(state)
         for key in ("t", "sam_steps", "decided_steps", "overflow_steps", "passes"):
             setattr(self, key, int(state[key]))
         self.partial_steps = int(state.get("partial_steps", 0))  # absent from files of aesam_hf 0.1
@@ -347,10 +390,49 @@ class SAMController:
         if state["g_v"] is None:
             self.g_v, self.g_v_norm = None, None
         else:
-            self.g_v = [g.to(p.device, p.dtype) for g, p in zip(state["g_v"], self.params)]
+            self.g_v = [g.to(p.device, p.dtype) for g, p in zip(state["g_v"], self._local(self.params))]
             self.g_v_norm = state["g_v_norm"].to(self.params[0].device)
+
+    def _check_g_v_shard(self, state: dict[str, Any]) -> None:
+        """g_v must load on the sharding it was saved from: another rank's local shards would load without error."""
+        if state["g_v"] is None:
+            return
+        saved = state.get("g_v_shard")
+        here = None if self._shard_group is None else shard_of(self._shard_group)
+        if saved != here:
+            raise ValueError(
+                f"The checkpoint's LookSAM direction g_v was saved {_sharding(saved)}; this controller runs "
+                f"{_sharding(here)}. Under FSDP2 each rank loads the state it saved itself (`state_dict()`), in a job "
+                "sharded the same way. To change the sharding, start the policy afresh "
+                "(`load_state_dict(state, policy_state=False)` keeps the counters)."
+            )
+        if here is not None and [g.shape for g in state["g_v"]] != [p.shape for p in self._local(self.params)]:
+            raise ValueError(
+                "The checkpoint's LookSAM direction g_v does not have the shapes of this rank's parameter shards: it "
+                "was saved from another model, or another sharding of it."
+            )
+
+    @property
+    def shard(self) -> dict[str, int] | None:
+        """Under FSDP2, this rank's place in the shard group (`{"rank", "world_size"}`); None when unsharded."""
+        return None if self._shard_group is None else shard_of(self._shard_group)
+
+    def weights_are_finite(self) -> bool:
+        """Whether every weight is finite: one host sync, and under FSDP2 one all-reduce of a flag.
+
+        Under FSDP2 each rank checks its local shards and the flags are summed over the shard group, so every rank
+        gets the same answer (a rank that alone raised would leave the others waiting in the next collective).
+        """
+        with torch.no_grad():
+            norms = torch._foreach_norm(self._local(self.params), 2)
+            bad = (~torch.isfinite(torch.stack(norms))).any().float()
+        return not bool(all_reduce_sum(bad, self._shard_group))
 
     @property
     def sam_fraction(self) -> float:
         """Fraction of the decided steps that were SAM steps."""
         return self.sam_steps / self.decided_steps if self.decided_steps else 0.0
+
+
+def _sharding(shard: dict[str, int] | None) -> str:
+    return "unsharded" if shard is None else f"on FSDP2 shard {shard['rank']} of {shard['world_size']}"

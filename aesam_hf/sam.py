@@ -8,6 +8,9 @@ parameter) and never reads a value back to the host, so none of them adds a devi
 
 Gradients may carry an AMP loss scale `s` (fp16 with a GradScaler): the functions take `inv_scale = 1 / s` and return
 values in unscaled units, leaving the gradients themselves scaled, because the GradScaler unscales them later.
+Parameters sharded with FSDP2 (`aesam_hf.sharding`): the callers pass the local shards and the shards' process
+`group`, and every global sum (a norm, a dot product) is the local one all-reduced over it. Without a `group` the
+functions compute exactly what they did before sharding was supported, with no collective.
 No `transformers` import: hand-written loops use this module directly.
 """
 
@@ -16,20 +19,32 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+
+from .sharding import all_reduce_sum
 
 
 # The epsilon in e = rho * g / (||g|| + 1e-12): keeps a zero gradient from dividing by zero.
 EPS = 1e-12
 
 
-def grad_norm_sq(grads: Sequence[Tensor], inv_scale: float = 1.0) -> Tensor:
+def global_norm(norms: Sequence[Tensor], group: "dist.ProcessGroup | None" = None) -> Tensor:
+    """The L2 norm of a vector whose pieces have the L2 norms `norms` (and, with a `group`, so do the other ranks')."""
+    if group is None:
+        return torch.linalg.vector_norm(torch.stack(norms))
+    # Squares add across shards, norms do not: reduce the local sum of squares.
+    return all_reduce_sum(torch.stack(norms).square().sum(), group).sqrt()
+
+
+def grad_norm_sq(grads: Sequence[Tensor], inv_scale: float = 1.0, group: "dist.ProcessGroup | None" = None) -> Tensor:
     """x = ||g||²: one global squared L2 norm over every tensor (not per layer: docs/algorithm.md), in float32, unscaled.
 
-    Returns a 0-dim tensor on the gradients' device; inf/NaN when any entry of `g` is (an overflow step).
+    Returns a 0-dim tensor on the gradients' device; inf/NaN when any entry of `g` is (an overflow step), on every rank
+    of a `group`.
     """
     norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-    return torch.linalg.vector_norm(torch.stack(norms)).mul(inv_scale).square()
+    return global_norm(norms, group).mul(inv_scale).square()
 
 
 def sam_perturbation_(
@@ -39,6 +54,7 @@ def sam_perturbation_(
     adaptive: bool,
     norm_sq: Tensor,
     inv_scale: float = 1.0,
+    group: "dist.ProcessGroup | None" = None,
 ) -> None:
     """Overwrite `grads` in place with the ascent step e (they are not needed afterwards).
 
@@ -48,7 +64,7 @@ def sam_perturbation_(
     """
     if adaptive:
         torch._foreach_mul_(grads, params)  # w ⊙ G
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
+        norm = global_norm(torch._foreach_norm(grads, 2, dtype=torch.float32), group)
         torch._foreach_mul_(grads, params)  # w² ⊙ G
     else:
         norm = norm_sq.sqrt() / inv_scale  # ||G|| = s * ||g||
@@ -79,7 +95,10 @@ class LookSAMGeometry(NamedTuple):
 
 
 def looksam_direction_(
-    buffer: Sequence[Tensor], sam_grads: Sequence[Tensor], inv_scale: float = 1.0
+    buffer: Sequence[Tensor],
+    sam_grads: Sequence[Tensor],
+    inv_scale: float = 1.0,
+    group: "dist.ProcessGroup | None" = None,
 ) -> LookSAMGeometry:
     """Turn `buffer` (holding the plain gradient g, unscaled) into g_v, the part of g_s orthogonal to g.
 
@@ -89,10 +108,12 @@ def looksam_direction_(
     # No foreach kernel computes dot products; this loop runs on SAM steps of the LookSAM policies only.
     dot = torch.stack([torch.vdot(a.flatten().float(), b.flatten().float()) for a, b in zip(sam_grads, buffer)]).sum()
     g_sq = torch.stack(torch._foreach_norm(buffer, 2, dtype=torch.float32)).square().sum()
+    if group is not None:
+        dot, g_sq = all_reduce_sum(torch.stack([dot, g_sq]), group).unbind()  # one collective for both sums
     coeff = dot * inv_scale / g_sq.clamp_min(EPS)
     torch._foreach_mul_(buffer, -coeff.to(buffer[0].dtype))  # -c * g
     torch._foreach_add_(buffer, sam_grads, alpha=inv_scale)  # + g_s
-    g_v_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(buffer, 2, dtype=torch.float32)))
+    g_v_norm = global_norm(torch._foreach_norm(buffer, 2, dtype=torch.float32), group)
     return LookSAMGeometry(g_v_norm=g_v_norm, g_norm=g_sq.sqrt(), proj=coeff)
 
 

@@ -24,8 +24,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
-from .checkpoint import SAM_STATE_NAME, read_state, resume
-from .config import AESAMConfig, refuse_sharded_backend
+from .checkpoint import find_state, resume, state_name
+from .config import AESAMConfig, fsdp_fallback_warning, refuse_sharded_backend, requested_fsdp_version
 from .controller import SAMController, StepRecord
 from .metrics import summarize_steps, unrecorded
 from .model_card import add_card_section, card_section
@@ -109,9 +109,15 @@ class AESAMTrainerMixin:
                 f"{self.aesam_config_class.__name__}(...) or HfArgumentParser({self.aesam_config_class.__name__})."
             )
         # Accelerate can switch these on from its own config (`accelerate launch --use_fsdp`), not only from args.
-        for backend, enabled in (("DeepSpeed", self.is_deepspeed_enabled), ("FSDP", self.is_fsdp_enabled)):
-            if enabled:
-                refuse_sharded_backend(backend, True, f"Accelerate's {backend} plugin")
+        if self.is_deepspeed_enabled:
+            refuse_sharded_backend("DeepSpeed", True, "Accelerate's DeepSpeed plugin")
+        if self.is_fsdp_enabled:
+            version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
+            if version != 2:
+                refuse_sharded_backend("FSDP", f"fsdp_version={version}", "Accelerate's FSDP plugin")
+        elif requested_fsdp_version(self.args) is not None:
+            # FSDP2 asked for, but Accelerate runs FSDP on accelerators only: on CPUs it quietly runs DDP.
+            logger.warning(fsdp_fallback_warning(self.accelerator.distributed_type))
         # A launcher (torchrun, `accelerate launch`) started several processes, but transformers set up none of them
         # for data parallelism: without accelerators it joins the gloo group only with `use_cpu`, which AESAMConfig
         # sets by itself unless told otherwise. Each rank would then train its own copy on the full data and
@@ -138,7 +144,7 @@ class AESAMTrainerMixin:
                 "schedule needs the total number of steps, and the training dataset has no length."
             )
         self._sam_controller: SAMController | None = None
-        self._sam_resume_state: dict[str, Any] | None = None
+        self._sam_resume_from: str | None = None  # the checkpoint to resume from, read by `_sam_begin_training`
         self._sam_checkpoint: str | None = None  # the last checkpoint saved or resumed from: finite weights
         self._sam_user_optimizer = self.optimizer is not None or self.optimizer_cls_and_kwargs is not None
         self._sam_micro_batches: list[tuple[Any, Any, Any]] = []  # (inputs, num_items_in_batch, RNG state)
@@ -192,6 +198,8 @@ class AESAMTrainerMixin:
     def _sam_begin_training(self, max_steps: int, global_step: int) -> None:
         args, hp = self.args, self.args.sam_hparams
         policy = make_policy(args.sam_policy, total_steps=max_steps, seed=args.seed, **hp)
+        # Built now, from the parameters as they are after the Trainer prepared the model: under FSDP2 `fully_shard`
+        # has replaced them with DTensors by then (a controller built before would hold the replaced ones).
         self._sam_controller = SAMController(
             self.model.parameters(),
             policy,
@@ -200,7 +208,9 @@ class AESAMTrainerMixin:
             looksam_alpha=hp["looksam_alpha"],
             broadcast_grad_norm=args.world_size > 1,
         )
-        state, self._sam_resume_state = self._sam_resume_state, None
+        checkpoint, self._sam_resume_from = self._sam_resume_from, None
+        # The file depends on the controller's sharding (one per rank under FSDP2), known only now.
+        state = None if checkpoint is None else find_state(checkpoint, self._sam_controller)
         resume(self._sam_controller, state, global_step, self._sam_checkpoint, args.sam_reset_policy_on_resume)
         self._sam_micro_batches = []
         self._sam_records = []
@@ -290,10 +300,8 @@ class AESAMTrainerMixin:
         controller = self._sam_controller
         if controller is None or not controller.policy.can_sam:
             return  # `erm` and stock optimizer names behave exactly as the stock Trainer does
-        with torch.no_grad():
-            norms = torch._foreach_norm(controller.params, 2)
-            if bool(torch.isfinite(torch.stack(norms)).all()):
-                return
+        if controller.weights_are_finite():  # under FSDP2: the local shards, the same answer on every rank
+            return
         raise FloatingPointError(
             f"The weights after optimizer step {controller.t} are not finite, so {consequence}: a gradient with "
             f"inf/NaN reached the optimizer on a step the {controller.policy.name.value!r} policy did not check (its "
@@ -337,16 +345,21 @@ class AESAMTrainerMixin:
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        # Identical on every rank, so one copy written by the main process is enough.
-        if self._sam_controller is not None and self.args.should_save:
-            torch.save(self._sam_controller.state_dict(), os.path.join(output_dir, SAM_STATE_NAME))
+        controller = self._sam_controller
+        if controller is not None and controller.shard is not None:
+            # FSDP2: g_v is this rank's local shards, so every rank writes its own file (`sam_state_rank{R}.pt`).
+            os.makedirs(output_dir, exist_ok=True)
+            torch.save(controller.state_dict(), os.path.join(output_dir, state_name(controller)))
+        elif controller is not None and self.args.should_save:
+            # Identical on every rank, so one copy written by the main process is enough.
+            torch.save(controller.state_dict(), os.path.join(output_dir, state_name(controller)))
         self._sam_checkpoint = output_dir
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
-            # Applied by `_sam_begin_training`, which runs right after this.
-            self._sam_resume_state = read_state(checkpoint)
+            # Read and applied by `_sam_begin_training`, which runs right after this.
+            self._sam_resume_from = checkpoint
             self._sam_checkpoint = checkpoint
 
     # ---- model card ----

@@ -40,7 +40,9 @@ def _model():
         ({"aesam_lambda1": float("inf")}, "aesam_lambda1"),
         ({"looksam_alpha": -0.5}, "looksam_alpha"),
         ({"deepspeed": {"zero_optimization": {"stage": 2}}}, "deepspeed"),
-        ({"fsdp": "full_shard"}, "fsdp"),
+        ({"fsdp": "full_shard", "fsdp_config": {"version": 1}}, "fsdp"),
+        ({"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 1}}, "fsdp"),
+        ({"fsdp": "full_shard", "fsdp_config": '{"version": 1}'}, "fsdp"),  # a JSON string, as from the command line
     ],
 )
 def test_bad_values_raise_naming_the_argument_and_value(tmp_path, kwargs, argument):
@@ -55,13 +57,48 @@ def test_bad_values_raise_naming_the_argument_and_value(tmp_path, kwargs, argume
     "variable, backend", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")]
 )
 def test_sharding_backend_from_an_accelerate_config_is_refused(tmp_path, monkeypatch, variable, backend):
-    # `accelerate launch` with such a config sets only the environment, not `fsdp`/`deepspeed`.
+    # `accelerate launch` with such a config sets only the environment, not `fsdp`/`deepspeed`. Without
+    # `fsdp_version: 2` Accelerate builds an FSDP1 plugin (FSDP_VERSION defaults to 1).
+    monkeypatch.delenv("FSDP_VERSION", raising=False)
     monkeypatch.setenv(variable, "true")
     with pytest.raises(ValueError, match=f"`distributed_type: {backend}` in the accelerate config") as err:
         _config(tmp_path)
-    assert "MULTI_GPU" in str(err.value)
+    assert "MULTI_GPU" in str(err.value) and "FSDP2 is supported" in str(err.value)
+    assert ("FSDP version 1 flattens the parameters" in str(err.value)) == (backend == "FSDP")
     monkeypatch.setenv(variable, "false")
     _config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fsdp": "full_shard"},  # transformers' default FSDP version is 2
+        {"fsdp": True, "fsdp_config": {"version": 2}},
+        {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": True}},
+        {"fsdp": "full_shard", "fsdp_config": '{"version": 2}'},
+    ],
+)
+def test_fsdp2_is_accepted(tmp_path, kwargs):
+    config = _config(tmp_path, **kwargs)
+    assert config.fsdp_plugin_args["fsdp_version"] == 2
+
+
+def test_fsdp2_from_an_accelerate_config_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    _config(tmp_path)
+    # The Trainer's own switch wins over the environment: Accelerate then gets the Trainer's plugin.
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    _config(tmp_path, fsdp=True, fsdp_config={"version": 2})
+
+
+def test_fsdp_version_from_a_json_fsdp_config(tmp_path):
+    path = tmp_path / "fsdp.json"
+    path.write_text('{"fsdp_version": 1}')
+    with pytest.raises(ValueError, match="FSDP version 1"):
+        _config(tmp_path, fsdp=True, fsdp_config=str(path))
+    path.write_text('{"fsdp_version": 2}')
+    assert _config(tmp_path, fsdp=True, fsdp_config=str(path)).fsdp_plugin_args["fsdp_version"] == 2
 
 
 def test_unknown_optim_lists_the_allowed_names(tmp_path):

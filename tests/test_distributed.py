@@ -135,13 +135,13 @@ def test_use_cpu_is_inferred_from_the_launch(tmp_path, monkeypatch):
     assert AESAMConfig(output_dir=str(tmp_path), report_to="none").use_cpu
 
 
-FSDP2_CONFIG = """\
+FSDP_CONFIG = """\
 compute_environment: LOCAL_MACHINE
 distributed_type: FSDP
 fsdp_config:
-  fsdp_version: 2
+  fsdp_version: {version}
   fsdp_auto_wrap_policy: NO_WRAP
-  fsdp_reshard_after_forward: true
+  fsdp_reshard_after_forward: {reshard}
   fsdp_state_dict_type: FULL_STATE_DICT
 machine_rank: 0
 main_training_function: main
@@ -155,13 +155,31 @@ use_cpu: true
 
 
 @pytest.mark.distributed
-def test_accelerate_launch_with_an_fsdp_config_is_refused(tmp_path):
-    # On CPUs Accelerate would silently run DDP instead; on GPUs it would shard. Both are refused, naming the fix.
+def test_accelerate_launch_with_an_fsdp2_config_runs_and_says_it_falls_back_to_ddp_on_cpu(tmp_path):
+    # FSDP2 is accepted. On CPUs Accelerate runs no FSDP and quietly falls back to DDP: AESAMTrainer says so, and the
+    # two ranks train one model, as under DDP (what sharded training needs a GPU to show: tests/test_gpu.py).
     config = tmp_path / "fsdp2.yaml"
-    config.write_text(FSDP2_CONFIG)
+    config.write_text(FSDP_CONFIG.format(version=2, reshard="true"))
+    args = TRAIN_ARGS + ["--output_dir", tmp_path, "--optim", "aesam", "--max_steps", "3"]
+    job = accelerate_launch(TRAIN, args, config_file=config, timeout=120)
+    assert job.returncode == 0, job.output[-3000:]
+    assert "FSDP2 was asked for, but Accelerate runs FSDP on accelerators only" in job.output
+    ranks = load_ranks(tmp_path)
+    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert ranks[0]["logs"] == ranks[1]["logs"] and len(ranks[0]["logs"]) == 3
+    for name, p in ranks[0]["params"].items():
+        assert torch.equal(p, ranks[1]["params"][name]), name
+
+
+@pytest.mark.distributed
+def test_accelerate_launch_with_an_fsdp1_config_is_refused(tmp_path):
+    # FSDP1 flattens the parameters; the error names the fix (FSDP2, or DDP) on every device.
+    config = tmp_path / "fsdp1.yaml"
+    config.write_text(FSDP_CONFIG.format(version=1, reshard="FULL_SHARD"))
     args = TRAIN_ARGS + ["--output_dir", tmp_path, "--max_steps", "2"]
     job = accelerate_launch(TRAIN, args, config_file=config, timeout=120)
     assert job.returncode != 0
-    assert "`distributed_type: FSDP` in the accelerate config" in job.output, job.output[-3000:]
+    assert "`distributed_type: FSDP` in the accelerate config ('FSDP_VERSION=1')" in job.output, job.output[-3000:]
+    assert "FSDP version 1 flattens the parameters" in job.output and "fsdp_version: 2" in job.output
     assert "distributed_type: MULTI_GPU" in job.output
     assert not (tmp_path / "rank0.pt").exists()

@@ -3,20 +3,24 @@ CPU paths (its exit without CUDA, its arguments, its measurements on a tiny mode
 
 On the GPU: fp16 with the GradScaler Accelerate builds (the SAM norm is taken on unscaled gradients), bf16 autocast
 (no scaler), and an fp16 overflow planted in the first or the second pass of a SAM step (a skipped step that leaves
-the weights and the policy's statistics as they were, and halves the loss scale).
+the weights and the policy's statistics as they were, and halves the loss scale); SAMController on FSDP2 parameters
+over NCCL; AESAMTrainer with `fsdp="full_shard"` (FSDP2 through Accelerate) in bf16 and fp32.
 """
 
 import math
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
+import torch.distributed as dist
 from example_utils import ROOT
 from testing_utils import TokenDataset, get_trainer, sam_logs, tiny_bert
 from transformers import TrainerCallback
 
+from aesam_hf.sharding import is_sharded
 from benchmarks import gpu_check
 
 
@@ -119,6 +123,177 @@ def test_fp16_overflow_in_either_pass_is_a_skipped_step(tmp_path, which_pass):
     assert recorder.scales[at] == recorder.scales[at - 1] / 2  # the GradScaler saw the overflow
     assert controller.sam_steps == 4  # a second-pass overflow is not counted as a SAM step either
     assert all(math.isfinite(v) for p in trainer.model.parameters() for v in p.detach().flatten()[:8].tolist())
+
+
+def fsdp2_one_rank_matches_unsharded(device: str, backend: str) -> None:
+    """A hand-written SAM loop on FSDP2 parameters in a group of one rank equals the same loop unsharded.
+
+    One rank shards nothing away, but every step runs the sharded path (DTensors, local shards, the all-reduces over
+    the `backend`) on `device`: what the 2-rank CPU test (tests/test_fsdp2.py) cannot run.
+    """
+    import torch.distributed as dist
+    from distributed.launching import free_port
+    from distributed.run_fsdp2_training import CASES, train
+
+    cases = ("aelooksam", "asam")
+    single = {name: train(CASES[name], device=device) for name in cases}
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        sharded = {name: train(CASES[name], sharded=True, device=device) for name in cases}
+    finally:
+        dist.destroy_process_group()
+    for name in cases:
+        assert [r["sam"] for r in sharded[name]["records"]] == [r["sam"] for r in single[name]["records"]], name
+        assert sharded[name]["counters"] == single[name]["counters"], name
+        for key, w in single[name]["weights"].items():
+            assert w.device.type == device
+            torch.testing.assert_close(sharded[name]["weights"][key], w, atol=1e-5, rtol=1e-5, msg=f"{name} {key}")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_fsdp2_on_one_gpu_matches_unsharded():
+    fsdp2_one_rank_matches_unsharded("cuda", "nccl")
+
+
+# ---- AESAMTrainer under FSDP2 through the Trainer's own switch (`fsdp="full_shard"`) ----
+
+
+class ParamTypes(TrainerCallback):
+    """The types of the model's parameters at every optimizer step: DTensors when FSDP2 sharded them."""
+
+    def __init__(self):
+        self.types: list[set[str]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.types.append({type(p).__name__ for p in model.parameters()})
+
+
+# SGD, so that an update is proportional to its gradient (AdamW's first steps move every weight by about the learning
+# rate, whatever the gradient's size); rho 0.5, so that a SAM update differs from an ERM one by about 100% here.
+FSDP2_TRAINER_ARGS = dict(
+    sam_base_optim="sgd", learning_rate=0.1, sam_rho=0.5, max_steps=6, train_sampling_strategy="sequential"
+)
+FSDP2_TRAINER_CASES = {  # name: (precision, AESAMConfig fields)
+    "sam_bf16": ("bf16", dict(optim="sam")),
+    "aesam_bf16": ("bf16", ALWAYS_AESAM),  # every step a SAM step: bf16 noise cannot flip a decision
+    "aesam_fp32": ("fp32", dict(optim="aesam")),  # the paper's thresholds: decisions compared exactly
+    # 2 micro-batches: both passes run the first one under Accelerate's FSDP2 `no_sync`.
+    "aesam_fp32_ga2": ("fp32", dict(optim="aesam", per_device_train_batch_size=4, gradient_accumulation_steps=2)),
+}
+# bf16: the relative error of the whole update (w_T - w_0) allowed between FSDP2 and the unsharded run. Accelerate gives
+# FSDP2 a bf16 MixedPrecisionPolicy (the forward runs on bf16 copies of the fp32 shards, LayerNorm included, and the
+# gradients are reduced in bf16), while the unsharded run autocasts with fp32 weights: both carry bf16 rounding
+# (2^-9 relative per value). Here bf16 autocast against fp32 differs by 1.7% of the update (CPU, this model), so two
+# bf16 runs may differ by about twice that; 10% leaves room, and stays 10x below what a wrong SAM step would change
+# (a SAM update differs from an ERM one by about 100% of the update here).
+BF16_UPDATE_RTOL = 0.10
+
+
+def _bert_run(out, device: str, precision: str, fields: dict, fsdp: bool) -> dict:
+    model = tiny_bert()
+    initial = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    if fsdp:
+        # BERT lists `BertEmbeddings` in `_no_split_modules`, so Accelerate 1.15's default auto-wrap shards it, then
+        # shards its word embeddings a second time and fails inside `fully_shard` (seen on an H200, torch 2.11): the
+        # stock Trainer fails the same way. Wrapping the layers alone avoids it.
+        fsdp_config = {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]}
+        fields = dict(fields, fsdp="full_shard", fsdp_config=fsdp_config)
+    trainer = get_trainer(
+        out,
+        model=model,
+        train_dataset=TokenDataset(),
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        **FSDP2_TRAINER_ARGS,
+        **fields,
+    )
+    types = ParamTypes()
+    trainer.add_callback(types)
+    trainer.train()
+    weights = {
+        # `full_tensor` all-gathers a DTensor: while the process group still exists.
+        n: (p.full_tensor() if is_sharded(p) else p).detach().float().cpu()
+        for n, p in trainer.model.named_parameters()
+    }
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    return {
+        "update": torch.cat([(weights[n] - w.cpu()).flatten() for n, w in initial.items()]),
+        "weights": weights,
+        "logs": sam_logs(trainer),
+        "types": types.types,
+        "fsdp2": trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2,
+        "shard": trainer._sam_controller.shard,
+    }
+
+
+def trainer_fsdp2_one_rank_matches_unsharded(tmp_path, device: str) -> None:
+    """AESAMTrainer with `fsdp="full_shard"` (FSDP2) in a process group of one rank equals the unsharded AESAMTrainer.
+
+    The launcher's variables (LOCAL_RANK, RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) make transformers set up a
+    distributed run of one process: its `TrainingArguments` initialise the process group (NCCL on CUDA, gloo on the
+    CPU), so nothing is initialised by hand, and the unsharded runs come first, without them. On CUDA, Accelerate
+    shards the tiny BERT with FSDP2 (DTensor parameters, asserted). On the CPU Accelerate runs no FSDP and falls back to
+    DDP, so there only the equivalence and the set-up and tear-down are checked. The group is destroyed and the
+    environment restored afterwards (Accelerate also sets ACCELERATE_USE_FSDP), for the tests that follow.
+    """
+    from accelerate.state import AcceleratorState
+    from distributed.launching import free_port
+
+    single = {
+        name: _bert_run(tmp_path / "single" / name, device, precision, fields, fsdp=False)
+        for name, (precision, fields) in FSDP2_TRAINER_CASES.items()
+    }
+    launcher = dict(
+        LOCAL_RANK="0",
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+    )
+    with mock.patch.dict(os.environ, launcher):  # restores the whole environment on exit
+        try:
+            sharded = {
+                name: _bert_run(tmp_path / "fsdp2" / name, device, precision, fields, fsdp=True)
+                for name, (precision, fields) in FSDP2_TRAINER_CASES.items()
+            }
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            AcceleratorState._reset_state(reset_partial_state=True)
+    assert not dist.is_initialized()
+
+    for name, (precision, _) in FSDP2_TRAINER_CASES.items():
+        got, want = sharded[name], single[name]
+        if device == "cuda":
+            assert got["fsdp2"] and got["shard"] == {"rank": 0, "world_size": 1}, name
+            assert got["types"] == [{"DTensor"}] * 6, name  # trained on the FSDP2 parameters at every step
+        decisions = lambda run: [h["sam/fraction"] for h in run["logs"]]  # noqa: E731
+        assert decisions(got) == decisions(want) and len(decisions(got)) == 6, name
+        passes = [h["sam/passes"] for h in got["logs"]]
+        assert passes == [h["sam/passes"] for h in want["logs"]], name
+        x = lambda run: [h["sam/grad_norm_sq"] for h in run["logs"]]  # noqa: E731
+        if precision == "fp32":
+            assert x(got) == pytest.approx(x(want), rel=1e-5), name
+            for key, w in want["weights"].items():
+                torch.testing.assert_close(got["weights"][key], w, atol=1e-5, rtol=1e-5, msg=f"{name} {key}")
+        else:
+            assert x(got)[0] == pytest.approx(x(want)[0], rel=0.05), name  # at the same initial weights
+            error = (got["update"] - want["update"]).norm() / want["update"].norm()
+            assert error < BF16_UPDATE_RTOL, (name, float(error))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_trainer_fsdp2_on_one_gpu_matches_unsharded(tmp_path):
+    trainer_fsdp2_one_rank_matches_unsharded(tmp_path, "cuda")
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo")
+def test_trainer_fsdp2_check_runs_on_cpu(tmp_path):
+    """The GPU test's body on the CPU, where Accelerate falls back to DDP: its set-up, comparisons and tear-down."""
+    trainer_fsdp2_one_rank_matches_unsharded(tmp_path, "cpu")
 
 
 # ---- benchmarks/gpu_check.py on this machine ----
