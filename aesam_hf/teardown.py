@@ -49,7 +49,7 @@ def exit_gloo_process(code: int = 0) -> None:
     """
     if not in_gloo_group():
         return
-    destroy_gloo_group_at_exit()  # registered last, so it runs first: the group goes before anything else does
+    destroy_gloo_group_at_exit()  # unless AESAMTrainer registered it already: the group goes while Python is whole
     atexit._run_exitfuncs()  # the handlers `sys.exit` would run (CPython's own entry point for them)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
