@@ -23,6 +23,7 @@ from .policies import (
     make_policy,
 )
 from .sam import LookSAMGeometry, capture_rng, frozen_running_stats, grad_norm_sq, replay_rng
+from .teardown import exit_gloo_process
 from .trainer import AESAMTrainer, AESAMTrainerMixin
 
 
@@ -52,4 +53,5 @@ __all__ = [
     "capture_rng",
     "replay_rng",
     "grad_norm_sq",
+    "exit_gloo_process",
 ]

@@ -26,6 +26,7 @@ from transformers.utils import logging
 
 from .config import AESAMConfig
 from .integrations.pairs import AESAMSeq2SeqConfig, AESAMSeq2SeqTrainer
+from .teardown import exit_gloo_process
 from .trainer import AESAMTrainer
 
 
@@ -103,5 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> None:
+    """The console script `aesam-run` and `python -m aesam_hf.run`: `main`, then a clean end of a gloo process.
+
+    `main` returns to its caller (tests call it in-process); the command line ends the process, and in a gloo group it
+    does so without interpreter finalization, where torch 2.13's gloo teardown can abort a rank (`aesam_hf.teardown`).
+    """
+    code = main()
+    exit_gloo_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -9,7 +9,6 @@ Mixed precision, clipping, the scheduler and the base optimizer are the stock Tr
 what is in `.grad` when `training_step` returns on the last micro-batch.
 """
 
-import atexit
 import contextlib
 import copy
 import dataclasses
@@ -31,6 +30,7 @@ from .metrics import summarize_steps, unrecorded
 from .model_card import add_card_section, card_section
 from .policies import POLICIES, make_policy
 from .sam import capture_rng, frozen_running_stats, replay_rng
+from .teardown import destroy_gloo_group_at_exit, in_gloo_group
 
 
 logger = logging.get_logger(__name__)
@@ -45,23 +45,6 @@ for _hook in ("_save_optimizer_and_scheduler", "_load_optimizer_and_scheduler"):
             f"aesam_hf needs `transformers.Trainer.{_hook}`, which this transformers version lacks; install a "
             "version this aesam_hf supports (see setup.cfg)."
         )
-
-
-_EXIT_HOOK_REGISTERED = False
-
-
-def _destroy_gloo_group_at_exit() -> None:
-    """Destroy a gloo process group while the interpreter is still whole, once per process.
-
-    torch 2.13's gloo threads can still hold work when Python finalizes, and a rank then aborts ("terminate called
-    without an active exception", SIGABRT) after a run that finished and saved: a bare 2-rank gloo script did so in
-    7 of 20 launches here, 0 of 20 with this hook. Nothing needs the group once the interpreter exits.
-    """
-    global _EXIT_HOOK_REGISTERED
-    if _EXIT_HOOK_REGISTERED:
-        return
-    _EXIT_HOOK_REGISTERED = True
-    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 
 
 class _SAMCallback(TrainerCallback):
@@ -131,8 +114,8 @@ class AESAMTrainerMixin:
                 "ACCELERATE_USE_CPU=true" + (f" (it is {flag!r})" if flag is not None else "") + ", so that the "
                 "ranks form one DDP group over gloo."
             )
-        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
-            _destroy_gloo_group_at_exit()
+        if in_gloo_group():
+            destroy_gloo_group_at_exit()  # torch 2.13's gloo teardown abort: `aesam_hf.teardown`
         if (
             "total_steps" in POLICIES[self.args.sam_policy].hparams
             and self.args.max_steps <= 0

@@ -44,7 +44,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from aesam_hf import AESAMConfig, AESAMTrainer
+from aesam_hf import AESAMConfig, AESAMTrainer, exit_gloo_process
 
 
 logger = logging.getLogger(__name__)
@@ -567,3 +567,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     main()
+    # Under `accelerate launch`/`torchrun` on CPUs (gloo): end without interpreter finalization, where torch 2.13's gloo
+    # teardown can abort a rank that finished (docs/reliability.md, "Clean exit"). Elsewhere it does nothing.
+    exit_gloo_process()

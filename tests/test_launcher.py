@@ -128,7 +128,7 @@ def test_launcher_help_and_a_missing_script(capsys):
 def test_aesam_run_is_a_console_script(tmp_path):
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
-    assert "aesam-run = aesam_hf.run:main" in setup["options.entry_points"]["console_scripts"]
+    assert "aesam-run = aesam_hf.run:cli" in setup["options.entry_points"]["console_scripts"]
     executable = pathlib.Path(sys.executable).parent / "aesam-run"
     if not executable.is_file():
         pytest.skip("aesam-run is not installed in this environment (reinstall the package to create it)")

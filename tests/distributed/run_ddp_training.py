@@ -13,6 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from testing_utils import MLPRegressionModel, RegressionDataset, get_trainer, sam_logs  # noqa: E402
 
+from aesam_hf import exit_gloo_process  # noqa: E402
+
 
 def main(out_dir: str, optim: str, batch_size: int, ga_steps: int) -> None:
     trainer = get_trainer(
@@ -42,3 +44,4 @@ def main(out_dir: str, optim: str, batch_size: int, ga_steps: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    exit_gloo_process()  # as the examples end (torch 2.13's gloo teardown abort, `aesam_hf.teardown`)

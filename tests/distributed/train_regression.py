@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from testing_utils import MLPRegressionModel, RegressionDataset, sam_logs  # noqa: E402
 
-from aesam_hf import AESAMConfig, AESAMTrainer  # noqa: E402
+from aesam_hf import AESAMConfig, AESAMTrainer, exit_gloo_process  # noqa: E402
 
 
 @dataclass
@@ -134,9 +134,8 @@ def main() -> None:
         "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
     }
     torch.save(record, os.path.join(args.output_dir, f"rank{args.process_index}.pt"))
-    # No teardown here: AESAMTrainer destroys a gloo group at exit (the torch 2.13 teardown abort), so the job's exit
-    # code is the real one.
 
 
 if __name__ == "__main__":
     main()
+    exit_gloo_process()  # as the examples end (torch 2.13's gloo teardown abort, `aesam_hf.teardown`)
