@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aesam_hf import SAMController, make_policy
+from aesam_hf import SAMController, exit_gloo_process, make_policy
 
 
 STEPS = 8
@@ -204,3 +204,4 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    exit_gloo_process()  # as the examples end (torch 2.13's gloo teardown abort, `aesam_hf.teardown`)
