@@ -63,6 +63,14 @@ class StudyArguments:
     workers: int = field(default=2, metadata={"help": "Runs side by side (each its own process)."})
     threads: int = field(default=1, metadata={"help": "torch threads per run (OMP_NUM_THREADS), recorded per run."})
     smoke: bool = field(default=False, metadata={"help": "Tiny runs that exercise every path in a few minutes."})
+    core_only: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Regimes run with AdamW, SAM and AE-SAM alone (no budgets, no matched controls): a partial study, "
+            "said so in accuracy.json.",
+            "choices": list(REGIMES),
+        },
+    )
 
     def __post_init__(self):
         if not self.regimes or set(self.regimes) - set(REGIMES):
@@ -71,6 +79,8 @@ class StudyArguments:
             raise ValueError(f"`seeds` ({self.seeds}) must be a non-empty list of distinct seeds.")
         if not self.rho_grid or min(self.rho_grid) <= 0 or len(set(self.rho_grid)) != len(self.rho_grid):
             raise ValueError(f"`rho_grid` ({self.rho_grid}) must be a non-empty list of distinct values > 0.")
+        if set(self.core_only) - set(self.regimes):
+            raise ValueError(f"`core_only` ({self.core_only}) must name regimes among `regimes` ({self.regimes}).")
         for name in ("workers", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` ({getattr(self, name)}) must be >= 1.")
@@ -155,13 +165,14 @@ def run_regime(args: StudyArguments, regime: Regime) -> dict:
     print(f"  -> rho {rho:g}, {where} the grid", flush=True)
 
     jobs = [runs.job(rho, p, s) for s in args.seeds for p in (BASELINE, "sam", "aesam")]
-    if regime.full:
+    full = regime.full and regime.name not in args.core_only
+    if full:
         for b in regime.budgets[:1] if args.smoke else regime.budgets:  # the smoke run: one budget
             jobs += [runs.job(rho, "aesam", s, ["--aesam_budget", str(b)], f"aesam-b{b:g}") for s in args.seeds]
             jobs += [runs.job(rho, "random", s, ["--sam_probability", str(b)], f"random-p{b:g}") for s in args.seeds]
     rows = run_jobs(jobs, args.workers)
     f = statistics.fmean(r["sam_fraction"] for r in rows if r["policy"] == "aesam")
-    controls = matched_controls(f) if regime.full else []
+    controls = matched_controls(f) if full else []
     rows += run_jobs(
         [runs.job(rho, p, s, flags, label) for p, flags, label in controls for s in args.seeds], args.workers
     )
@@ -171,7 +182,7 @@ def run_regime(args: StudyArguments, regime: Regime) -> dict:
     summary = summarize(rows, labels, "test_accuracy")
     print(markdown_table(summary, "test_accuracy", BASELINE), flush=True)
     return {
-        "regime": asdict(regime),
+        "regime": {**asdict(regime), "full": full},  # False for a regime run `core_only`
         "rho_tuning": tuning,
         "rho": rho,
         "aesam_fraction": f,

@@ -233,6 +233,10 @@ def accuracy_section(study: dict, figures: Path) -> str:
             f"- `sam_rho` on validation (`sam`, seed {study['arguments']['seeds'][0]}): {scores} -> "
             f"**{tuning['chosen']:g}**, {where}.",
         ]
+        if not regime["full"] and regime["budgets"]:
+            out.append(
+                "- **Partial:** run `--core_only` (AdamW, SAM, AE-SAM); its budgets and matched controls were not run."
+            )
         if r["controls"]:
             flags = "; ".join(f"{label} `{' '.join(f)}`" for label, f in r["controls"].items())
             out.append(f"- AE-SAM's mean SAM fraction f = {r['aesam_fraction']:.3f}; matched controls: {flags}.")
