@@ -124,3 +124,34 @@ def test_the_demo_reading_quotes_the_table():
     summary[1] = entry("sam", 0.50, 2.0)
     text = read_out(summary, "test_accuracy", "adamw_torch", {}, n_seeds=3)
     assert "SAM ended at 50.0% (-2.0 points)" in text and "memorized" not in text and "SAM's gain" not in text
+
+
+def test_a_core_only_regime_runs_adamw_sam_and_aesam_alone(monkeypatch):
+    scheduled = []
+
+    def fake_run_jobs(jobs, workers):
+        rows = []
+        for _runner, (policy, seed, flags, label) in jobs:
+            scheduled.append(label or policy)
+            rho = float(flags[flags.index("--sam_rho") + 1])
+            fraction = {"sam": 1.0, "aesam": 0.5}.get(policy, 0.0)
+            rows.append(
+                {
+                    "policy": label or policy,
+                    "seed": seed,
+                    "eval_accuracy": -abs(rho - 0.1),
+                    "test_accuracy": 0.5,
+                    "sam_fraction": fraction,
+                    "passes": 10 * (1 + fraction),
+                    "train_time": 1.0,
+                }
+            )
+        return rows
+
+    monkeypatch.setattr(accuracy, "run_jobs", fake_run_jobs)
+    args = accuracy.StudyArguments(seeds=[1, 2], regimes=["text-noisy"], core_only=["text-noisy"], output_dir="unused")
+    result = accuracy.run_regime(args, REGIMES["text-noisy"])
+    assert set(scheduled) == {"sam", "adamw_torch", "aesam"}  # no budget, no matched control
+    assert not result["regime"]["full"] and not result["controls"]
+    with pytest.raises(ValueError, match="core_only"):
+        accuracy.StudyArguments(regimes=["image-noisy"], core_only=["text-noisy"], output_dir="unused")
