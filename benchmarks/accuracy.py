@@ -152,6 +152,8 @@ def comparisons(rows: list[dict], regime: Regime) -> list[dict]:
         scores.setdefault(r["policy"], {})[r["seed"]] = r["test_accuracy"]
     pairs = [("sam", BASELINE), ("aesam", BASELINE), ("aesam", "sam")]
     pairs += [("aesam", control) for control in ("random-matched", "scheduled-matched", "periodic-matched")]
+    # *When* against *how many*: SAM steps drawn on AE-SAM's time profile against uniform ones, and against SAM.
+    pairs += [("scheduled-matched", "random-matched"), ("sam", "scheduled-matched")]
     pairs += [(f"aesam-b{b:g}", f"random-p{b:g}") for b in regime.budgets]  # those that ran
     return [paired_difference(scores[a], scores[b], (a, b)).as_dict() for a, b in pairs if a in scores and b in scores]
 
