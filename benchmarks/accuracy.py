@@ -117,7 +117,7 @@ def tune_rho(args: StudyArguments, runs: RegimeRuns) -> dict:
         for rho, row in zip(todo, rows, strict=True):
             scores[rho] = row["eval_accuracy"]  # the validation split only; the test score is not read here
             print(f"  rho {rho:g}: validation {100 * scores[rho]:.2f}%", flush=True)
-        best = max(scores, key=scores.get)
+        best = max(sorted(scores), key=scores.get)  # ties: the smallest rho, the least perturbation
         if extensions == MAX_GRID_EXTENSIONS or min(grid) < best < max(grid):
             break
         grid.append(best * 2 if best == max(grid) else best / 2)
