@@ -123,14 +123,15 @@ def curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def decisions_figure(name: str, regime: dict, seed: int, path: Path) -> bool:
+def decisions_figure(name: str, result: dict, seed: int, path: Path) -> bool:
     """When AE-SAM takes SAM steps (‖g‖² against mu + c_t sigma) above what the runs fit: noisy train, clean val."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    aesam_dir = Path(regime["trace_run"])
+    # `result`: one regime's entry of accuracy.json (its runs, and the regime's definition under "regime").
+    aesam_dir = Path(result["trace_run"])
     if not (aesam_dir / "trainer_state.json").is_file():
         return False
     trace = decision_trace(aesam_dir)
@@ -165,7 +166,7 @@ def decisions_figure(name: str, regime: dict, seed: int, path: Path) -> bool:
                 color=color,
                 label=f"{label}: clean validation",
             )
-    noise = 100 * regime["label_noise"]
+    noise = 100 * result["regime"]["label_noise"]
     if noise:
         label = f"{100 - noise:.0f}%: fit of a model that learned only the true classes"
         bottom.axhline(100 - noise, color="k", lw=0.8, ls=":", label=label)
@@ -245,7 +246,7 @@ def accuracy_section(study: dict, figures: Path) -> str:
         if r["comparisons"]:
             out += [comparisons_table(r["comparisons"]), ""]
         figure = f"aesam_decisions_{name}.png"
-        if decisions_figure(name, regime, study["arguments"]["seeds"][0], figures / figure):
+        if decisions_figure(name, r, study["arguments"]["seeds"][0], figures / figure):
             out += [f"![AE-SAM decisions and what the runs fit, {name}](figures/{figure})", ""]
     accuracy_figure(study, figures / "accuracy_vs_cost.png")
     out += ["### Accuracy against cost", "", "![accuracy against cost](figures/accuracy_vs_cost.png)", ""]
