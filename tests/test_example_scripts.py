@@ -66,9 +66,17 @@ def test_experiment_configs_parse_and_flags_override_them(config):
     assert training_args.optim == "sam"
 
 
-def test_one_experiment_config_per_task():
+def test_the_experiment_configs_are_the_documented_ones():
+    # One per task and model, plus the noisy-label regimes of the accuracy study (benchmarks/regimes.py).
     names = sorted(p.stem for p in EXPERIMENTS.glob("*.json"))
-    assert names == ["glue_fortunes_minilm", "glue_sst2_bert", "image_cifar10_vit", "image_fashion_mnist_vit"]
+    assert names == [
+        "glue_fortunes_minilm",
+        "glue_fortunes_noisy_minilm",
+        "glue_sst2_bert",
+        "image_cifar10_vit",
+        "image_fashion_mnist_noisy",
+        "image_fashion_mnist_vit",
+    ]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -1,7 +1,7 @@
 """`aesam_hf.teardown`: a gloo job ends with exit status 0 and runs its exit handlers (torch 2.13's teardown abort).
 
 The abort is intermittent (docs/reliability.md, "Clean exit", counts it over many launches with
-`python -m benchmarks.clean_exit`); these tests pin the mechanism: the process ends with the status given, after the
+`tests/distributed/count_clean_exits.py`); these tests pin the mechanism: the process ends with the status given, after the
 exit handlers ran, and only in a gloo group.
 """
 

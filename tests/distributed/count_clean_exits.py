@@ -1,6 +1,6 @@
 """How often a finished 2-rank gloo job exits non-zero: torch 2.13's teardown abort, counted (docs/reliability.md).
 
-    python -m benchmarks.clean_exit --launches 20
+    python tests/distributed/count_clean_exits.py --launches 20
 
 Launches each job `--launches` times with `torchrun`/`accelerate launch` (2 CPU ranks) and counts the launches that
 exited non-zero, and among them those whose output holds the abort's message. The jobs: the bare gloo script of
@@ -16,14 +16,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
 
-from benchmarks.workloads import environment
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # run as a script: the repo's packages and the tests' launch helpers
 
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # the launch helpers the tests use
 from distributed.launching import MULTI_CPU_CONFIG, accelerate_launch, torchrun  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from benchmarks.workloads import environment  # noqa: E402
 
 
 ABORT = "terminate called without an active exception"
@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
             "aborts": aborts,
             "codes": codes,
         }
-        print(
+        print(  # noqa: T201 (a measurement script run by hand: its progress)
             f"{job}: {counts[job]['non_zero']} of {len(codes)} exited non-zero ({aborts} with the abort)", flush=True
         )
     payload = {
-        "command": "python -m benchmarks.clean_exit " + " ".join(argv),
+        "command": "python tests/distributed/count_clean_exits.py " + " ".join(argv),
         "arguments": asdict(args),
         "environment": environment(),
         "counts": counts,
