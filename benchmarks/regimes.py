@@ -8,7 +8,10 @@ script through `runner.py`:
   1,200 steps (77 epochs). AdamW's clean validation accuracy peaks and then falls while its accuracy on the noisy
   training labels climbs past 60% (it memorizes wrong labels).
 - `text-noisy`: the first two layers of the pretrained MiniLM-L6 fine-tuned on fortunes topics (6 topics, 40% of the
-  training labels flipped, 2,226 clean test quotations), 400 steps (6.4 epochs of the 1,000 training quotations used).
+  training labels flipped, 2,226 clean test quotations), its token embeddings frozen, 600 steps (9.6 epochs of the
+  1,000 training quotations used). AdamW's validation accuracy peaks near step 300 and falls while its fit of the
+  noisy training labels climbs past 90%. Freezing the embeddings (75% of the parameters) makes an AdamW step 2.4x
+  cheaper on CPU (262 -> 111 ms on one thread), which is what lets the whole study fit in `make bench`'s budget.
 - `image-underfit`: the former demo: the same ViT on 10,000 clean images for 800 steps, where it has not yet fit
   the training set. Every perturbation costs accuracy there; it is kept as the regime where SAM does not help.
 
@@ -70,7 +73,8 @@ REGIMES = {
             "glue_fortunes_noisy_minilm.json",
             "overfitting",
             0.4,
-            "MiniLM-L6's first 2 pretrained layers, fortunes (6 topics), 40% symmetric label noise, 400 steps of 16",
+            "MiniLM-L6's first 2 pretrained layers (token embeddings frozen), fortunes (6 topics), 40% symmetric label noise, "
+            "600 steps of 16 (9.6 epochs)",
             full=True,
             budgets=(0.35,),
             smoke=tuple(_TEXT_SMOKE),

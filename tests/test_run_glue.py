@@ -82,6 +82,18 @@ def test_run_glue_fine_tunes_pretrained_minilm(fortunes_csv, tmp_path):
 
 
 @require_fortunes
+def test_run_glue_freeze_input_embeddings_keeps_them_and_trains_the_rest(fortunes_csv, tiny_bert_dir, tmp_path):
+    extra = ["--optim", "sam", "--max_steps", "3", "--freeze_input_embeddings", "true", "--learning_rate", "1e-2"]
+    run_glue.main(glue_args(tiny_bert_dir, fortunes_csv, tmp_path, *extra))
+    tuned = BertForSequenceClassification.from_pretrained(tmp_path).state_dict()
+    original = BertForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
+    # SAM perturbs and restores only what trains: the frozen table comes back bit for bit, the encoder moved.
+    assert tuned["bert.embeddings.word_embeddings.weight"].equal(original["bert.embeddings.word_embeddings.weight"])
+    layer = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not tuned[layer].equal(original[layer])
+
+
+@require_fortunes
 def test_run_glue_resumes_from_the_last_checkpoint(fortunes_csv, tiny_bert_dir, tmp_path, caplog):
     run_glue.main(glue_args(tiny_bert_dir, fortunes_csv, tmp_path, "--max_steps", "4", "--save_steps", "2"))
     assert (tmp_path / "checkpoint-4" / "sam_state.pt").is_file()
