@@ -37,7 +37,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from benchmarks.regimes import REGIMES, Regime
-from benchmarks.results import add_time_ratios, markdown_table, summarize
+from benchmarks.results import add_time_ratios, keep_earlier_regimes, markdown_table, provenance, summarize
 from benchmarks.runner import Runner, run_jobs
 from benchmarks.stats import paired_difference
 from benchmarks.workloads import environment
@@ -208,12 +208,15 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": {**environment(), "threads_per_run": args.threads, "runs_side_by_side": args.workers},
         "regimes": {},
     }
+    out, done = output_dir / "accuracy.json", {}
     for name in args.regimes:
-        study["regimes"][name] = run_regime(args, REGIMES[name])
-        # Written after every regime, so a long study can be reported on before it ends. Its wall time counts only
-        # the runs made by this invocation (reused runs cost nothing); each run's own time is in its row.
+        done[name] = {**run_regime(args, REGIMES[name]), "measured_by": provenance(study["command"])}
+        # Written after every regime, so a long study can be reported on before it ends; regimes of an earlier
+        # file that this invocation does not run stay in it. Its wall time counts only the runs made by this
+        # invocation (reused runs cost nothing); each run's own time is in its row.
+        study["regimes"] = keep_earlier_regimes(out, done, list(REGIMES))
         study["wall_time_s"] = time.perf_counter() - start
-        (output_dir / "accuracy.json").write_text(json.dumps(study, indent=1), encoding="utf-8")
+        out.write_text(json.dumps(study, indent=1), encoding="utf-8")
     return study
 
 

@@ -21,6 +21,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from transformers import HfArgumentParser
 
 from benchmarks.accuracy import RegimeRuns, StudyArguments
 from benchmarks.regimes import REGIMES
+from benchmarks.results import keep_earlier_regimes, provenance
 from benchmarks.runner import run_jobs
 from benchmarks.workloads import environment
 
@@ -159,6 +161,7 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     (args,) = HfArgumentParser(LookSAMAlphaArguments).parse_args_into_dataclasses(args=argv)
+    start = time.perf_counter()
     payload = {
         "command": "python -m benchmarks.looksam_alpha " + " ".join(argv),
         "arguments": asdict(args),
@@ -167,9 +170,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(args.output_dir) / "looksam_alpha.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
     for regime in args.regimes:
-        payload["regimes"][regime] = measure(args, regime)
-        print(payload["regimes"][regime]["table"], flush=True)
+        done[regime] = {**measure(args, regime), "measured_by": provenance(payload["command"])}
+        print(done[regime]["table"], flush=True)
+        payload["regimes"] = keep_earlier_regimes(out, done, list(REGIMES))  # other regimes of the file stay
+        # Like accuracy.py's: the runs made by this invocation only (reused runs cost nothing).
+        payload["wall_time_s"] = time.perf_counter() - start
         out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     return payload
 

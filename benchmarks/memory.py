@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         child(args.child, args.steps, args.smoke)
         return {}
+    start = time.perf_counter()
     results = {}
     for name in args.workloads:
         peaks = {v: [] for v in VARIANTS}
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": environment(),
         "results": results,
         "table": "\n".join(lines),
+        "wall_time_s": time.perf_counter() - start,
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

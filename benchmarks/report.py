@@ -14,6 +14,7 @@ from transformers import HfArgumentParser
 
 from benchmarks.gpu_check import table as gpu_table
 from benchmarks.results import decision_trace, markdown_table
+from benchmarks.runner import code_fingerprint
 from benchmarks.step_cost import table as step_cost_table
 
 
@@ -180,6 +181,19 @@ def decisions_figure(name: str, result: dict, seed: int, path: Path) -> bool:
     return True
 
 
+def measured_by(entry: dict) -> str:
+    """Which invocation measured a regime's entry, and whether the code that trains has changed since."""
+    m = entry.get("measured_by")
+    if m is None:
+        return "Measured by an earlier invocation that did not record its command and code."
+    current = code_fingerprint()
+    changed = [key for key, value in m["code"].items() if current.get(key) != value]
+    if not changed:
+        return f"Measured by `{m['command']}` on the current code."
+    what = ", ".join("the training code" if key == "code_sha256" else key for key in changed)
+    return f"Measured by `{m['command']}` **on earlier code** ({what} changed since): `make bench` reruns it."
+
+
 def comparisons_table(comparisons: list[dict]) -> str:
     lines = [
         "| comparison (test accuracy) | seeds | mean difference (points) | 95% interval | verdict |",
@@ -211,7 +225,8 @@ def accuracy_section(study: dict, figures: Path) -> str:
     out = [
         "## Accuracy",
         "",
-        f"Command: `{study['command']}`. Machine and versions: {environment_lines(env)}.",
+        f"Last command: `{study['command']}` (each regime says which invocation measured it). Machine and versions: "
+        f"{environment_lines(env)}.",
         "",
         "Each run is one process of the regime's example script and experiment config, with only the policy's flags "
         "changing. Scores are test accuracy on clean labels, mean ± std over seeds; comparisons are paired by seed "
@@ -229,7 +244,7 @@ def accuracy_section(study: dict, figures: Path) -> str:
         out += [
             f"### {name} ({regime['kind']})",
             "",
-            f"{regime['description']}. Config `configs/experiments/{regime['config']}`.",
+            f"{regime['description']}. Config `configs/experiments/{regime['config']}`. {measured_by(r)}",
             "",
             f"- `sam_rho` on validation (`sam`, seed {study['arguments']['seeds'][0]}): {scores} -> "
             f"**{tuning['chosen']:g}**, {where}.",
@@ -265,7 +280,7 @@ def looksam_section(payload: dict) -> str:
         "",
     ]
     for name, r in payload["regimes"].items():
-        out += [f"{name}, `sam_rho {r['sam_rho']:g}` (the accuracy study's):", "", r["table"], ""]
+        out += [f"{name}, `sam_rho {r['sam_rho']:g}` (the accuracy study's). {measured_by(r)}", "", r["table"], ""]
     return "\n".join(out)
 
 
@@ -325,6 +340,35 @@ def gpu_section(gpu: dict) -> str:
     return "\n".join(["## GPU check", "", head, "", *ranges, "", table, ""])
 
 
+# The stages of `make bench`, in its order: (name, the JSON it writes under the results folder).
+STAGES = (
+    ("step_cost", "step_cost.json"),
+    ("memory", "memory.json"),
+    ("accuracy", "accuracy/accuracy.json"),
+    ("looksam_alpha", "looksam_alpha/looksam_alpha.json"),
+)
+
+
+def wall_time_section(results: Path) -> str:
+    """Each stage's wall time as its JSON recorded it, and their sum: what `make bench` cost.
+
+    The accuracy and LookSAM stages count only the runs their last invocation made (a reused run costs nothing), so
+    the sum is the cost of a run from scratch only where every run was made by that invocation; the per-stage
+    commands say which.
+    """
+    rows, total = [], 0.0
+    for name, file in STAGES:
+        data = load(results / file)
+        if data is None or "wall_time_s" not in data:
+            rows.append(f"| {name} | – | not run (or written before wall times were recorded) |")
+            continue
+        total += data["wall_time_s"]
+        rows.append(f"| {name} | {data['wall_time_s'] / 60:.1f} | `{data['command']}` |")
+    lines = ["## Wall time of `make bench`", "", "| stage | minutes | command |", "|---|---:|---|", *rows]
+    lines += ["", f"Sum: **{total / 60:.1f} minutes** (budget: 180 on 2 cores).", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> Path:
     (args,) = HfArgumentParser(ReportArguments).parse_args_into_dataclasses(args=argv)
     results, docs = Path(args.results_dir), Path(args.docs_dir)
@@ -349,6 +393,7 @@ def main(argv: list[str] | None = None) -> Path:
     parts += [accuracy_section(study, figures) if study else "## Accuracy\n\nNot run.\n"]
     looksam = load(results / "looksam_alpha" / "looksam_alpha.json")
     parts += [looksam_section(looksam) if looksam else "### LookSAM's reuse weight α\n\nNot run.\n"]
+    parts += [wall_time_section(results)]
     gpu = load(GPU_CHECK)
     parts += [gpu_section(gpu) if gpu else "## GPU check\n\nNo GPU was available to run `make gpu-check`.\n"]
     out = docs / "benchmarks.md"

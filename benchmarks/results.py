@@ -9,6 +9,8 @@ import statistics
 import textwrap
 from pathlib import Path
 
+from benchmarks.runner import code_fingerprint
+
 
 # The columns of a run's row (runner.py) summarized over seeds besides the score.
 SUMMARIZED = (
@@ -21,6 +23,23 @@ SUMMARIZED = (
     "peak_eval_accuracy",
     "train_noisy_accuracy",
 )
+
+
+def provenance(command: str) -> dict:
+    """What measured a regime's entry: the command, and the fingerprint of the code that trained its runs."""
+    return {"command": command, "code": code_fingerprint()}
+
+
+def keep_earlier_regimes(path: Path, regimes: dict, order: list[str]) -> dict:
+    """`regimes`, plus the regimes of an earlier results file at `path` that this invocation did not run.
+
+    `python -m benchmarks.accuracy --regimes text-noisy` refreshes one regime without dropping the others from the
+    file (and so from `docs/benchmarks.md`); each entry keeps the `measured_by` of the invocation that made it, which
+    the report prints, flagging entries whose code has changed since. Ordered as `order`, then any others.
+    """
+    earlier = json.loads(path.read_text(encoding="utf-8")).get("regimes", {}) if path.is_file() else {}
+    merged = {**{name: r for name, r in earlier.items() if name not in regimes}, **regimes}
+    return {name: merged[name] for name in sorted(merged, key=lambda n: order.index(n) if n in order else len(order))}
 
 
 def add_time_ratios(rows: list[dict], baseline: str | None) -> None:

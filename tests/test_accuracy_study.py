@@ -1,12 +1,13 @@
 """The accuracy study's decisions, pinned without training: paired intervals, the rho grid, the matched controls,
 the comparisons it reports and the demo's reading of its table."""
 
+import json
 import math
 
 import pytest
 from scipy import stats as scipy_stats
 
-from benchmarks import accuracy
+from benchmarks import accuracy, report
 from benchmarks.compare import read_out
 from benchmarks.regimes import REGIMES
 from benchmarks.stats import paired_difference
@@ -127,10 +128,10 @@ def test_the_demo_reading_quotes_the_table():
     assert "SAM ended at 50.0% (-2.0 points)" in text and "memorized" not in text and "SAM's gain" not in text
 
 
-def test_a_core_only_regime_runs_adamw_sam_and_aesam_alone(monkeypatch):
-    scheduled = []
+def fake_runs(scheduled: list[str]):
+    """A stand-in for `run_jobs`: each run's row without training (validation peaks at rho 0.1); labels recorded."""
 
-    def fake_run_jobs(jobs, workers):
+    def run_jobs(jobs, workers):
         rows = []
         for _runner, (policy, seed, flags, label) in jobs:
             scheduled.append(label or policy)
@@ -149,6 +150,12 @@ def test_a_core_only_regime_runs_adamw_sam_and_aesam_alone(monkeypatch):
             )
         return rows
 
+    return run_jobs
+
+
+def test_a_core_only_regime_runs_adamw_sam_and_aesam_alone(monkeypatch):
+    scheduled = []
+    fake_run_jobs = fake_runs(scheduled)
     monkeypatch.setattr(accuracy, "run_jobs", fake_run_jobs)
     args = accuracy.StudyArguments(seeds=[1, 2], regimes=["text-noisy"], core_only=["text-noisy"], output_dir="unused")
     result = accuracy.run_regime(args, REGIMES["text-noisy"])
@@ -156,3 +163,21 @@ def test_a_core_only_regime_runs_adamw_sam_and_aesam_alone(monkeypatch):
     assert not result["regime"]["full"] and not result["controls"]
     with pytest.raises(ValueError, match="core_only"):
         accuracy.StudyArguments(regimes=["image-noisy"], core_only=["text-noisy"], output_dir="unused")
+
+
+def test_a_study_of_some_regimes_keeps_the_others_with_what_measured_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(accuracy, "run_jobs", fake_runs([]))
+    common = ["--output_dir", str(tmp_path), "--seeds", "1", "2"]
+    accuracy.main([*common, "--regimes", "text-noisy", "image-underfit", "--core_only", "text-noisy"])
+    accuracy.main([*common, "--regimes", "image-noisy", "text-noisy", "--core_only", "image-noisy", "text-noisy"])
+    study = json.loads((tmp_path / "accuracy.json").read_text())
+    assert list(study["regimes"]) == ["image-noisy", "text-noisy", "image-underfit"]  # the regimes' own order
+    commands = {name: r["measured_by"]["command"] for name, r in study["regimes"].items()}
+    assert "--regimes image-noisy text-noisy" in commands["text-noisy"] == commands["image-noisy"]
+    assert "--regimes text-noisy image-underfit" in commands["image-underfit"]  # kept from the first invocation
+    # The report says which invocation measured a regime, and flags one whose training code has changed since.
+    kept = study["regimes"]["image-underfit"]
+    assert report.measured_by(kept).endswith("on the current code.")
+    kept["measured_by"]["code"]["code_sha256"] = "0" * 64
+    assert "**on earlier code** (the training code changed since)" in report.measured_by(kept)
+    assert "did not record" in report.measured_by({"rho": 0.1})

@@ -240,6 +240,12 @@ def test_report_builds_the_benchmarks_page(results, tmp_path):
     assert "| sam − adamw_torch | 1 |" in page and "`--aesam_budget 0.2`: realized fraction" in page
     for figure in ("accuracy_vs_cost.png", "rho_tuning.png", "aesam_decisions_image-noisy.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 10_000, figure
+    # What `make bench` cost: each stage's own recorded wall time, and their sum.
+    files = ["step_cost.json", "memory.json", "accuracy/accuracy.json"]
+    files += ["looksam_alpha/looksam_alpha.json"] if results["looksam"] else []
+    times = [json.loads((results["root"] / f).read_text())["wall_time_s"] for f in files]
+    assert "## Wall time of `make bench`" in page and f"Sum: **{sum(times) / 60:.1f} minutes**" in page
+    assert f"| accuracy | {times[2] / 60:.1f} |" in page
 
 
 def test_regimes_are_the_configs_they_describe():
