@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ TASKS = {
 RUN_CODE = ("aesam_hf/*.py", "examples/run_*.py", "benchmarks/data.py", "benchmarks/fortunes.py")
 RUN_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
 SIGNATURE_FILE = "compare_run.json"
+WALL_TIME_FILE = "wall_time.json"
 
 
 def code_fingerprint() -> dict[str, str]:
@@ -110,16 +112,22 @@ class Runner:
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
                 if self.threads is not None:
                     env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+                start = time.perf_counter()
                 proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                wall = time.perf_counter() - start
             if proc.returncode != 0:
                 tail = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
                 raise RuntimeError(f"{policy} (seed {seed}) failed with exit code {proc.returncode}; log:\n{tail}")
             signature_file.write_text(json.dumps(signature, indent=1), encoding="utf-8")
+            # Kept apart from the signature (which must compare equal): what the run cost, start-up and scoring in.
+            (run_dir / WALL_TIME_FILE).write_text(json.dumps({"wall_time_s": wall}), encoding="utf-8")
         results = read_json(results_file)
         if self.metric not in results:
             raise ValueError(
                 f"`metric` ({self.metric!r}) is not in {results_file}; it must be one of {sorted(results)}."
             )
+        wall_file = run_dir / WALL_TIME_FILE  # absent for runs made before it was recorded
+        wall = read_json(wall_file)["wall_time_s"] if wall_file.is_file() else float("nan")
         state = read_json(run_dir / "trainer_state.json")
         steps = state["global_step"]
         # Validation accuracy at the evaluations during training (when there were any): its peak is what early
@@ -144,6 +152,7 @@ class Runner:
             "steps": steps,
             "passes_per_step": results["sam/passes"] / steps,
             "train_time": results["train_runtime"],
+            "wall_time": wall,  # the whole process: a study's cost from scratch is the sum over its runs / workers
             "threads": self.threads,
         }
 

@@ -63,8 +63,11 @@ def test_compare_reuses_a_finished_run_only_if_command_config_and_code_are_uncha
     # The example script is launched with the task's one experiment config and the policy as a flag.
     assert launches[0][1:3] == [str(runner.TASKS["image"][0]), str(runner.TASKS["image"][1])]
     assert launches[0][launches[0].index("--optim") + 1] == "adamw_torch"
-    image.run("adamw_torch", 1, ["--max_steps", "4"])
+    assert row["wall_time"] > 0  # what the run cost is recorded next to it...
+    (tmp_path / "adamw_torch" / "seed1" / runner.WALL_TIME_FILE).write_text(json.dumps({"wall_time_s": 7.0}))
+    reused = image.run("adamw_torch", 1, ["--max_steps", "4"])
     assert len(launches) == 1  # same command, config and code: reused
+    assert reused["wall_time"] == 7.0  # ...and a reused run reports what it cost when it was made
     image.run("adamw_torch", 1, ["--max_steps", "5"])
     assert len(launches) == 2  # other flags: run again
     fingerprint = runner.code_fingerprint()
