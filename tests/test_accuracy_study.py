@@ -167,15 +167,21 @@ def test_a_core_only_regime_runs_adamw_sam_and_aesam_alone(monkeypatch):
 
 def test_a_study_of_some_regimes_keeps_the_others_with_what_measured_them(monkeypatch, tmp_path):
     monkeypatch.setattr(accuracy, "run_jobs", fake_runs([]))
-    common = ["--output_dir", str(tmp_path), "--seeds", "1", "2"]
+    common = ["--output_dir", str(tmp_path / "accuracy"), "--seeds", "1", "2"]
     accuracy.main([*common, "--regimes", "text-noisy", "image-underfit", "--core_only", "text-noisy"])
     accuracy.main([*common, "--regimes", "image-noisy", "text-noisy", "--core_only", "image-noisy", "text-noisy"])
-    study = json.loads((tmp_path / "accuracy.json").read_text())
+    study = json.loads((tmp_path / "accuracy" / "accuracy.json").read_text())
     assert list(study["regimes"]) == ["image-noisy", "text-noisy", "image-underfit"]  # the regimes' own order
     commands = {name: r["measured_by"]["command"] for name, r in study["regimes"].items()}
     assert "--regimes image-noisy text-noisy" in commands["text-noisy"] == commands["image-noisy"]
     assert "--regimes text-noisy image-underfit" in commands["image-underfit"]  # kept from the first invocation
     # The report says which invocation measured a regime, and flags one whose training code has changed since.
+    # The wall time of the second invocation does not include the kept regime's, and the report says so.
+    wall = report.wall_time_section(tmp_path)
+    assert (
+        "not counted: image-underfit (measured by an earlier invocation)" in wall and "of the stages counted" in wall
+    )
+    assert "| step_cost | – | not run" in wall
     kept = study["regimes"]["image-underfit"]
     assert report.measured_by(kept).endswith("on the current code.")
     kept["measured_by"]["code"]["code_sha256"] = "0" * 64
