@@ -19,7 +19,7 @@ policy's flags changing); finished runs are reused, so an interrupted study resu
 the machine at a time by default (`--workers 2 --threads 1`): the wall times are comparable within this study only,
 and cost is compared in forward/backward passes.
 
-    python -m benchmarks.accuracy                      # the full study (`make bench`), about 2 hours on 2 cores
+    python -m benchmarks.accuracy                      # the full study (`make bench`): 2.8 hours on 2 cores, last measured
     python -m benchmarks.accuracy --regimes image-noisy --seeds 1 2 3
     python -m benchmarks.accuracy --smoke              # every code path on a tiny setting, a few minutes
 
