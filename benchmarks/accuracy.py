@@ -19,7 +19,7 @@ policy's flags changing); finished runs are reused, so an interrupted study resu
 the machine at a time by default (`--workers 2 --threads 1`): the wall times are comparable within this study only,
 and cost is compared in forward/backward passes.
 
-    python -m benchmarks.accuracy                      # the full study (`make bench`): 2.8 hours on 2 cores, last measured
+    python -m benchmarks.accuracy                      # the full study (`make bench`): ~2.1 hours on 2 cores
     python -m benchmarks.accuracy --regimes image-noisy --seeds 1 2 3
     python -m benchmarks.accuracy --smoke              # every code path on a tiny setting, a few minutes
 
@@ -28,6 +28,7 @@ Writes `<output_dir>/accuracy.json` (every run, the tuning, the summaries and th
 """
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -108,12 +109,18 @@ class RegimeRuns:
         return self.runner(rho), (policy, seed, [*self.extra, "--sam_rho", str(rho), *flags], label)
 
 
+def runs_wall_time(rows: list[dict]) -> float:
+    """The summed process wall time of `rows`' runs, made now or reused (NaN where a run did not record it)."""
+    return math.fsum(r["wall_time"] for r in rows)
+
+
 def tune_rho(args: StudyArguments, runs: RegimeRuns) -> dict:
     """`sam` on validation over the grid, first seed; the grid grows past an edge that wins."""
-    grid, scores, extensions = sorted(args.rho_grid), {}, 0
+    grid, scores, extensions, wall = sorted(args.rho_grid), {}, 0, 0.0
     while True:
         todo = [rho for rho in grid if rho not in scores]
         rows = run_jobs([runs.job(rho, "sam", args.seeds[0]) for rho in todo], args.workers)
+        wall += runs_wall_time(rows)
         for rho, row in zip(todo, rows, strict=True):
             scores[rho] = row["eval_accuracy"]  # the validation split only; the test score is not read here
             print(f"  rho {rho:g}: validation {100 * scores[rho]:.2f}%", flush=True)
@@ -128,6 +135,7 @@ def tune_rho(args: StudyArguments, runs: RegimeRuns) -> dict:
         "chosen": best,
         "interior": min(scores) < best < max(scores),
         "extensions": extensions,
+        "runs_wall_time_s": wall,
     }
 
 
@@ -193,6 +201,9 @@ def run_regime(args: StudyArguments, regime: Regime) -> dict:
         "summary": summary,
         "comparisons": comparisons(rows, regime),
         "trace_run": str(runs.runner(rho).run_dir("aesam", args.seeds[0])),
+        # What the regime costs from scratch, whichever invocation made its runs: the report divides it by the runs
+        # side by side.
+        "runs_wall_time_s": tuning["runs_wall_time_s"] + runs_wall_time(rows),
     }
 
 

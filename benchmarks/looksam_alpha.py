@@ -27,7 +27,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from benchmarks.accuracy import RegimeRuns, StudyArguments
+from benchmarks.accuracy import RegimeRuns, StudyArguments, runs_wall_time
 from benchmarks.regimes import REGIMES
 from benchmarks.results import keep_earlier_regimes, provenance
 from benchmarks.runner import run_jobs
@@ -120,7 +120,8 @@ def measure(args: LookSAMAlphaArguments, regime: str) -> dict:
         for policy, alpha in cells
         for seed in args.seeds
     ]
-    rows = iter(run_jobs(jobs, args.workers))
+    made = run_jobs(jobs, args.workers)
+    rows = iter(made)
     results = {}
     for policy, alpha in cells:
         label, accuracies, ratios = f"{policy}-a{alpha:g}", [], []
@@ -139,7 +140,7 @@ def measure(args: LookSAMAlphaArguments, regime: str) -> dict:
         }
         median = r["gv_over_g_quartiles"][1]
         print(f"  {regime} {label}: validation {100 * r['mean']:.2f}%; median ||g_v||/||g|| {median:.3f}", flush=True)
-    return {"sam_rho": rho, "results": results, "table": table(results)}
+    return {"sam_rho": rho, "results": results, "table": table(results), "runs_wall_time_s": runs_wall_time(made)}
 
 
 def table(results: dict) -> str:

@@ -10,7 +10,7 @@ glibc's mmap threshold fixed so that freed tensors leave the RSS (see `MALLOC_EN
 `torch.cuda.max_memory_allocated` when there is a GPU. The same run is repeated and the median taken. What the SAM
 controller holds between steps is also counted tensor by tensor (`held_bytes`), which no allocator can blur.
 
-    python -m benchmarks.memory                 # MiniLM-L6 (90 MB of parameters) and the ViT, ~3 minutes
+    python -m benchmarks.memory                 # MiniLM-L6 (90 MB of parameters) and the ViT, ~5 minutes
 """
 
 import json

@@ -20,7 +20,7 @@ Variants are interleaved: each round runs all of them once, in a rotated order, 
 them alike. A step's time is its median over all rounds (warm-up steps dropped); the spread is the range of the
 per-round ratios.
 
-    python -m benchmarks.step_cost                      # all workloads, ~12 minutes on 2 cores
+    python -m benchmarks.step_cost                      # all workloads, ~13 minutes on 2 cores
     python -m benchmarks.step_cost --workloads vit --rounds 3
     python -m benchmarks.step_cost --workloads vit4     # the `erm` overhead and its noise floor, ~1 minute
 """

@@ -146,6 +146,7 @@ def fake_runs(scheduled: list[str]):
                     "sam_fraction": fraction,
                     "passes": 10 * (1 + fraction),
                     "train_time": 1.0,
+                    "wall_time": 2.0,
                 }
             )
         return rows
@@ -178,10 +179,13 @@ def test_a_study_of_some_regimes_keeps_the_others_with_what_measured_them(monkey
     # The report says which invocation measured a regime, and flags one whose training code has changed since.
     # The wall time of the second invocation does not include the kept regime's, and the report says so.
     wall = report.wall_time_section(tmp_path)
-    assert (
-        "not counted: image-underfit (measured by an earlier invocation)" in wall and "of the stages counted" in wall
-    )
-    assert "| step_cost | – | not run" in wall
+    assert "not counted in its own time: image-underfit (measured by an earlier invocation)" in wall
+    assert "(reused runs cost nothing; stages not run count nothing)" in wall
+    assert "| step_cost | – | – | not run" in wall
+    # From scratch, every run counts, whichever invocation made it: 4 rho runs + 3 policies x 2 seeds, 2 s each.
+    assert [r["runs_wall_time_s"] for r in study["regimes"].values()] == [20.0, 20.0, 20.0]
+    assert report.from_scratch_s(study) == 30.0  # 60 s of runs, two side by side
+    assert "| accuracy | " in wall and " | 0.5 | `python -m benchmarks.accuracy" in wall
     kept = study["regimes"]["image-underfit"]
     assert report.measured_by(kept).endswith("on the current code.")
     kept["measured_by"]["code"]["code_sha256"] = "0" * 64
