@@ -46,7 +46,7 @@ def tune(monkeypatch, curve, grid) -> dict:
             assert policy == "sam" and seed == 1 and "--do_predict" not in flags
             rho = float(flags[flags.index("--sam_rho") + 1])
             calls.append(rho)
-            rows.append({"eval_accuracy": curve(rho)})
+            rows.append({"eval_accuracy": curve(rho), "wall_time": 1.0})
         return rows
 
     monkeypatch.setattr(accuracy, "run_jobs", fake_run_jobs)
@@ -62,6 +62,7 @@ def test_rho_grid_grows_past_an_edge_until_the_optimum_is_inside(monkeypatch):
     tuning = tune(monkeypatch, lambda rho: -abs(math.log(rho / 0.2)), [0.05, 0.1])
     assert tuning["chosen"] == pytest.approx(0.2) and tuning["interior"] and tuning["extensions"] == 2
     assert set(map(float, tuning["scores"])) == {0.05, 0.1, 0.2, 0.4}
+    assert tuning["runs_wall_time_s"] == 4.0  # every tuning run's time counts, the extensions' too (1 s each here)
     # With a peak further out, the study stops after two extensions and says the choice is at the edge.
     tuning = tune(monkeypatch, lambda rho: -abs(math.log(rho / 5.0)), [0.05, 0.1])
     assert tuning["chosen"] == pytest.approx(0.4) and not tuning["interior"]
