@@ -16,13 +16,13 @@ from transformers.utils import logging
 
 from .config import HPARAM_FIELDS
 from .controller import SAMController
+from .state import StateError, field_of
 
 
 logger = logging.get_logger(__name__)
 
 SAM_STATE_NAME = "sam_state.pt"
 SHARDED_STATE_NAME = "sam_state_rank{rank}.pt"  # one per rank under FSDP2
-_REQUIRED = ("t", "sam_steps", "decided_steps", "overflow_steps", "passes", "policy", "policy_name", "g_v")
 # Controller settings (`SAMController.settings`) -> the config field a user changes.
 _SETTING_FIELDS = {**HPARAM_FIELDS, "total_steps": "max_steps", "seed": "seed"}
 _FRESH_FLAG = "sam_reset_policy_on_resume"
@@ -34,8 +34,9 @@ def state_name(controller: SAMController) -> str:
     return SAM_STATE_NAME if shard is None else SHARDED_STATE_NAME.format(rank=shard["rank"])
 
 
-def find_state(checkpoint: str, controller: SAMController) -> dict[str, Any] | None:
-    """The SAM state `controller` resumes from: its own file in `checkpoint`, else one saved under another sharding.
+def find_state(checkpoint: str, controller: SAMController) -> tuple[str, dict[str, Any]] | None:
+    """The SAM state `controller` resumes from, with its path: its own file in `checkpoint`, else one saved under
+    another sharding; None when the checkpoint holds none.
 
     [choice] The counters and the policy's statistics are the same in every rank's file, only g_v differs: a state
     saved unsharded (or by rank 0 under FSDP2) therefore resumes the policy under another sharding when it holds no
@@ -44,44 +45,51 @@ def find_state(checkpoint: str, controller: SAMController) -> dict[str, Any] | N
     """
     names = [state_name(controller), SAM_STATE_NAME, SHARDED_STATE_NAME.format(rank=0)]
     for name in dict.fromkeys(names):
-        state = read_state(checkpoint, name)
+        path = os.path.join(checkpoint, name)
+        state = read_state(path)
         if state is not None:
-            return state
+            return path, state
     return None
 
 
-def read_state(checkpoint: str, name: str = SAM_STATE_NAME) -> dict[str, Any] | None:
-    """The SAM state saved in `checkpoint` as `name`, or None if there is none; a file that cannot be used is an error
-    naming it."""
-    path = os.path.join(checkpoint, name)
+def _unusable(path: str, reason: str) -> ValueError:
+    return ValueError(
+        f"`{path}` is not a usable SAM state: {reason}. The file is corrupt, was edited, or was not written by this "
+        "run's aesam_hf for this model. Resume from another checkpoint, or delete the file to resume with a fresh "
+        "policy (the counters then take the earlier steps as plain ERM steps)."
+    )
+
+
+def read_state(path: str) -> dict[str, Any] | None:
+    """The SAM state saved at `path`, or None if there is no such file; a file that cannot be read is an error naming
+    it. Its fields are checked where they are used (`SAMController.load_state_dict`)."""
     if not os.path.isfile(path):
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, empty, random bytes, a pickle of something else
-        state, reason = None, f"it cannot be loaded ({type(err).__name__})"
-    else:
-        missing = [k for k in _REQUIRED if not isinstance(state, dict) or k not in state]
-        reason = f"it lacks {missing}" if missing else None
-    if reason is not None:
-        raise ValueError(
-            f"`{path}` is not a usable SAM state: {reason}, so the file is corrupt or was not written by aesam_hf. "
-            f"Resume from another checkpoint, or delete the file to resume with a fresh policy (the counters then "
-            "take the earlier steps as plain ERM steps)."
-        )
+        raise _unusable(path, f"it cannot be loaded ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise _unusable(path, f"it holds a {type(state).__name__}, not a dict")
     return state
 
 
 def resume(
-    controller: SAMController, state: dict[str, Any] | None, global_step: int, checkpoint: str | None, fresh: bool
+    controller: SAMController,
+    found: tuple[str, dict[str, Any]] | None,
+    global_step: int,
+    checkpoint: str | None,
+    fresh: bool,
 ) -> None:
-    """Bring a new controller to the Trainer's `global_step` from the checkpoint's `state` (None: it had none).
+    """Bring a new controller to the Trainer's `global_step` from the checkpoint's state (`find_state`; None: it had
+    none).
 
     `fresh` (`sam_reset_policy_on_resume`) keeps the counters but starts the policy afresh, which is how a run
-    continues under another policy.
+    continues under another policy. Every field the run will read is checked first: a state that cannot be used is a
+    `ValueError` naming the file and the field, before training goes on.
     """
     where = f"`{checkpoint}`" if checkpoint else "the checkpoint"
-    if state is None:
+    if found is None:
         if global_step > 0:
             # A stock Trainer checkpoint, `save_only_model`, or a deleted file. Counting the earlier steps as ERM
             # steps is exact for the first (a run continued under a SAM policy) and keeps t == global_step always.
@@ -93,23 +101,35 @@ def resume(
                 "steps, 1 pass each."
             )
         return
-    if int(state["t"]) != global_step:
+    path, state = found
+    try:
+        t = controller.check_counters(state)["t"]
+        saved = field_of(state, "policy_name")
+        if not isinstance(saved, str):
+            raise StateError("policy_name", f"({saved!r}) must be a policy name")
+    except StateError as err:
+        raise _unusable(path, str(err)) from None
+    if t != global_step:
         raise ValueError(
-            f"The {SAM_STATE_NAME} in {where} is from optimizer step {state['t']}, but the checkpoint is at step "
-            f"{global_step}: the file belongs to another checkpoint. Resume from the checkpoint it was saved with, "
-            "or delete it to resume with a fresh policy."
+            f"`{path}` is from optimizer step {t}, but the checkpoint is at step {global_step}: the file belongs to "
+            "another checkpoint. Resume from the checkpoint it was saved with, or delete it to resume with a fresh "
+            "policy."
         )
-    saved, current = state["policy_name"], controller.policy.name.value
+    current = controller.policy.name.value
     if saved != current and not fresh:
         raise ValueError(
-            f"{where} was trained with the {saved!r} policy and this run uses {current!r}. To continue it under "
+            f"{where} was trained with the {saved!r} policy (`policy_name` in `{path}`) and this run uses {current!r}. "
+            f"To continue it under "
             f"{current!r} with fresh statistics (the counters continue), pass `--{_FRESH_FLAG} true`; to resume it "
             f"as it was, pass `--optim {saved}`."
         )
-    controller.load_state_dict(state, policy_state=not fresh)
+    try:
+        controller.load_state_dict(state, policy_state=not fresh)
+    except StateError as err:
+        raise _unusable(path, str(err)) from None
     if fresh:
         logger.warning(f"Resuming at step {global_step} under {current!r} (was {saved!r}) with fresh statistics.")
-    old, new = state.get("settings", {}), controller.settings()
+    old, new = state["settings"], controller.settings()
     changes = [f"{_SETTING_FIELDS.get(k, k)} {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]]
     if changes:
         logger.warning(

@@ -7,8 +7,9 @@ https://huggingface.co/papers/2304.14647. How `--optim` reaches the training ste
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -18,7 +19,7 @@ from transformers.training_args import OptimizerNames
 from transformers.utils import logging, strtobool
 
 from .hparams import DEFAULTS, check
-from .policies import SAMPolicyName
+from .policies import POLICIES, SAMPolicyName
 
 
 logger = logging.get_logger(__name__)
@@ -342,8 +343,44 @@ class AESAMConfig(TrainingArguments):
             refuse_sharded_backend(*sharding)
         for hparam, name in HPARAM_FIELDS.items():
             check(hparam, getattr(self, name), name)
+        self._check_settings_are_used()
         with self.stock_optim():
             super().__post_init__()
+
+    def _check_settings_are_used(self) -> None:
+        """Refuse a budget the policy would ignore, and warn about any other SAM setting it would ignore.
+
+        A budget is a promise about cost: under a policy that takes every step (`sam`) or its own number of them, the
+        run would cost what the budget was meant to cap, so it is an error. The other settings only fail to change
+        anything, which a warning says.
+        """
+        policy = POLICIES[self.sam_policy]
+        used = set(policy.hparams)
+        if policy.can_sam:
+            used |= {"rho", "adaptive"}
+        if policy.reuses_direction:
+            used.add("looksam_alpha")
+        defaults = {f.name: f.default for f in fields(self)}
+        ignored = [
+            name
+            for hparam, name in HPARAM_FIELDS.items()
+            if hparam not in used and getattr(self, name) != defaults[name]
+        ]
+        if not policy.can_sam and self.sam_freeze_bn_stats != defaults["sam_freeze_bn_stats"]:
+            ignored.append("sam_freeze_bn_stats")
+        if "aesam_budget" in ignored:
+            takers = [name.value for name, cls in POLICIES.items() if "budget" in cls.hparams]
+            raise ValueError(
+                f"`aesam_budget` ({self.aesam_budget!r}) has no effect under `optim` {self.optim!r}: only {takers} take "
+                "a budget of SAM steps. Choose one of them, or leave `aesam_budget` unset."
+            )
+        if ignored:
+            warnings.warn(
+                f"{', '.join(f'`{n}` ({getattr(self, n)!r})' for n in ignored)} {'have' if len(ignored) > 1 else 'has'} no effect under `optim` "
+                f"{self.optim!r}, which does not use it.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @contextlib.contextmanager
     def stock_optim(self) -> Iterator["AESAMConfig"]:

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import state as saved
 from .hparams import DEFAULTS, check
 from .policies import SAMPolicy
 from .sam import LookSAMGeometry, apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
@@ -120,6 +121,9 @@ class SAMController:
         self.decided_steps = 0  # steps that took a decision (not overflow steps)
         self.overflow_steps = 0
         self.partial_steps = 0  # short batches on which a policy that reads x took no decision
+        # The most examples one step has seen: a step with fewer is a short one. Checkpointed, since a resumed run
+        # must see the short batch ending an epoch as short too (it decides differently otherwise).
+        self.largest_batch = 0
         self.passes = 0  # forward/backward passes over the step's whole batch: 1 per ERM step, 2 per SAM step
         self.g_v: list[Tensor] | None = None  # LookSAM direction, aligned with self.params (local shards under FSDP2)
         self.g_v_norm: Tensor | None = None
@@ -134,7 +138,9 @@ class SAMController:
 
     # ---- the step: measure, decide, act ----
 
-    def maybe_perturb(self, grad_scale: float | None = None, partial: bool = False) -> bool:
+    def maybe_perturb(
+        self, grad_scale: float | None = None, partial: bool = False, examples: int | None = None
+    ) -> bool:
         """Call after the step's full gradient is in `.grad`. Returns True for a SAM step.
 
         SAM step: the weights move to w + e and their gradients are cleared; run forward/backward again on the same
@@ -142,7 +148,12 @@ class SAMController:
         Otherwise `.grad` is left as it is. `grad_scale` is the AMP loss scale the gradients carry, if any (fp16 with
         a GradScaler): an inf/NaN gradient is then an overflow step, which the scaler skips. `partial` says the step's
         batch is shorter than the others (the end of an epoch): a policy that reads x then takes an ERM step.
+        `examples`, the number of examples in the step's batch, lets the controller tell that itself: a step with
+        fewer than the largest seen so far is partial.
         """
+        if examples is not None:
+            partial = partial or examples < self.largest_batch
+            self.largest_batch = max(self.largest_batch, examples)
         self.record = record = StepRecord(step=self.t)
         self.t += 1
         self.passes += 1
@@ -190,7 +201,7 @@ class SAMController:
         # would perturb nothing, silently).
         raise RuntimeError(
             f"None of the {len(self.params)} parameters given to SAMController has a gradient at optimizer step "
-            f"{self.record.step}. If the model was sharded with `fully_shard` (FSDP2) after the controller was built, "
+            f"{self.record.step + 1}. If the model was sharded with `fully_shard` (FSDP2) after the controller was built, "
             "the controller holds the parameters FSDP2 replaced: build it after `fully_shard`, from "
             "`model.parameters()`. Otherwise call `maybe_perturb()` after `backward()`, before `zero_grad()`."
         )
@@ -221,7 +232,7 @@ class SAMController:
             # every later step would be non-finite too. Stop here, on every rank at once (x is rank 0's value). The
             # statistics are untouched, so a checkpoint saved before this step resumes cleanly.
             raise FloatingPointError(
-                f"The gradient of optimizer step {self.record.step} is not finite (||g||² = {x}) and no loss scaler "
+                f"The gradient of optimizer step {self.record.step + 1} is not finite (||g||² = {x}) and no loss scaler "
                 f"skips the step, so the {self.policy.name.value!r} policy cannot decide and the optimizer would "
                 "write inf/NaN into the weights. Look for the cause (too high a `learning_rate`, inf/NaN in the "
                 "inputs or the loss); fp16 with a GradScaler skips such steps."
@@ -283,14 +294,16 @@ class SAMController:
         missing = [i for i, g in zip(idx, sam_grads) if g is None]
         if missing:
             raise RuntimeError(
-                f"{len(missing)} parameter tensor(s) got a gradient in the first pass of step {self.record.step} but "
+                f"{len(missing)} parameter tensor(s) got a gradient in the first pass of step {self.record.step + 1} but "
                 "none in the second: the two passes ran different sub-networks. Run the second pass on the same "
                 "inputs with the random state of the first (`capture_rng` / `replay_rng`, as AESAMTrainer does); a "
                 "model that draws from Python's `random` or NumPy cannot be replayed this way."
             )
         sam_grads = self._local(sam_grads)
-        # Under FSDP2 the norm is all-reduced: a non-finite entry in any rank's shard stops every rank alike.
-        x_s = grad_norm_sq(sam_grads, inv_scale, self._shard_group).item()
+        # Under FSDP2 the norm is all-reduced: a non-finite entry in any rank's shard stops every rank alike. x of the
+        # first pass comes along in the same host read, to say which pass went non-finite.
+        x_s = grad_norm_sq(sam_grads, inv_scale, self._shard_group)
+        x_s, x = torch.stack([x_s.float(), self.record.grad_norm_sq.float().to(x_s.device)]).tolist()
         if not math.isfinite(x_s) and self._grad_scale is not None:
             # The second pass overflowed (fp16): the GradScaler skips the step, so it counts as an overflow step and
             # the decision's effect on the policy statistics is undone; g_v was never touched.
@@ -305,11 +318,20 @@ class SAMController:
             # optimizer writes the non-finite g_s into it.
             for i in idx:
                 self.params[i].grad = None
+            step = self.record.step + 1
+            if not math.isfinite(x):
+                # A policy that does not read x decided without it: the first pass was already non-finite.
+                raise FloatingPointError(
+                    f"The gradient of optimizer step {step} is not finite already in the first pass, at w (||g||² = "
+                    f"{x}), and no loss scaler skips the step; the weights are restored to w and the optimizer did "
+                    "not step. Look for the cause (too high a `learning_rate`, inf/NaN in the inputs or the loss); "
+                    "fp16 with a GradScaler skips such steps."
+                )
             raise FloatingPointError(
-                f"The SAM gradient of optimizer step {self.record.step} (the second pass, at w + e) is not finite "
-                f"(||g_s||² = {x_s}) and no loss scaler skips the step; the weights are restored to w and the "
-                "optimizer did not step. Look for the cause (too large a `sam_rho` or `learning_rate`, a loss that "
-                "overflows near w)."
+                f"The SAM gradient of optimizer step {step} (the second pass, at w + e) is not finite "
+                f"(||g_s||² = {x_s}) while the first pass's was finite, and no loss scaler skips the step; the weights "
+                "are restored to w and the optimizer did not step. Look for the cause (too large a `sam_rho` or "
+                "`learning_rate`, a loss that overflows near w)."
             )
         if self.policy.reuses_direction:
             with torch.no_grad():
@@ -339,27 +361,25 @@ class SAMController:
 
     # ---- checkpointing ----
 
+    # The counters of `state_dict`, in the order they are saved.
+    COUNTERS = ("t", "sam_steps", "decided_steps", "overflow_steps", "partial_steps", "passes", "largest_batch")
+
     def state_dict(self) -> dict[str, Any]:
-        """The counters, the policy's state and the LookSAM direction g_v, on the CPU.
+        """The counters, the policy's state and the LookSAM direction g_v, on the CPU: everything a decision reads.
 
         [choice] Under FSDP2, g_v is this rank's local shards, saved with the rank (`g_v_shard`): call `state_dict()`
         on every rank and save one file per rank. No collective runs, so a call on one rank cannot hang the others,
         and no rank ever holds the whole g_v. Such a state loads back only on the same rank of a job sharded the same
         way (same world size, same model).
         """
-        state = {
-            "t": self.t,
-            "sam_steps": self.sam_steps,
-            "decided_steps": self.decided_steps,
-            "overflow_steps": self.overflow_steps,
-            "partial_steps": self.partial_steps,
-            "passes": self.passes,
-            "policy": self.policy.state_dict(),
-            "policy_name": self.policy.name.value,
-            "g_v": None if self.g_v is None else [g.detach().cpu() for g in self.g_v],
-            "g_v_norm": None if self.g_v_norm is None else self.g_v_norm.detach().cpu(),
-            "settings": self.settings(),
-        }
+        state = {key: getattr(self, key) for key in self.COUNTERS}
+        state.update(
+            policy=self.policy.state_dict(),
+            policy_name=self.policy.name.value,
+            g_v=None if self.g_v is None else [g.detach().cpu() for g in self.g_v],
+            g_v_norm=None if self.g_v_norm is None else self.g_v_norm.detach().cpu(),
+            settings=self.settings(),
+        )
         if self._shard_group is not None:
             state["g_v_shard"] = shard_of(self._shard_group)
         return state
@@ -372,44 +392,77 @@ class SAMController:
     def load_state_dict(self, state: dict[str, Any], policy_state: bool = True) -> None:
         """Load the counters and, unless `policy_state=False`, the policy's statistics and the LookSAM direction.
 
-        `policy_state=False` continues the counters under a fresh policy, which may then be another one.
+        `policy_state=False` continues the counters under a fresh policy, which may then be another one. Every field
+        is checked before anything is set (`aesam_hf.state`): a state that cannot be used raises a `StateError`
+        naming the field, and leaves the controller as it was.
         """
-        if policy_state and state["policy_name"] != self.policy.name.value:
-            raise ValueError(
-                f"The checkpoint's SAM state is for policy {state['policy_name']!r}, this run uses "
-                f"{self.policy.name.value!r}; resume with the same `optim`, or start the policy afresh."
-            )
+        counters = self.check_counters(state)
         if policy_state:
-            self._check_g_v_shard(state)
-        for key in ("t", "sam_steps", "decided_steps", "overflow_steps", "passes"):
-            setattr(self, key, int(state[key]))
-        self.partial_steps = int(state.get("partial_steps", 0))  # absent from files of aesam_hf 0.1
-        if not policy_state:
-            return
-        self.policy.load_state_dict(state["policy"])
-        if state["g_v"] is None:
-            self.g_v, self.g_v_norm = None, None
-        else:
-            self.g_v = [g.to(p.device, p.dtype) for g, p in zip(state["g_v"], self._local(self.params))]
-            self.g_v_norm = state["g_v_norm"].to(self.params[0].device)
+            name = saved.field_of(state, "policy_name")
+            if name != self.policy.name.value:
+                raise ValueError(
+                    f"The checkpoint's SAM state is for policy {name!r}, this run uses {self.policy.name.value!r}; "
+                    "resume with the same `optim`, or start the policy afresh."
+                )
+            g_v, g_v_norm = self._check_g_v(state)
+            self.policy.load_state_dict(saved.field_of(state, "policy"))  # checks its fields before setting them
+            if g_v is None:
+                self.g_v, self.g_v_norm = None, None
+            else:
+                self.g_v = [g.to(p.device, p.dtype) for g, p in zip(g_v, self._local(self.params))]
+                self.g_v_norm = g_v_norm.to(self.params[0].device)
+        for key, value in counters.items():
+            setattr(self, key, value)
+
+    def check_counters(self, state: Any) -> dict[str, int]:
+        """The counters of a saved state, checked one by one and against each other."""
+        counters = {key: saved.count(state, key) for key in self.COUNTERS}
+        settings = saved.field_of(state, "settings")
+        if not isinstance(settings, dict):
+            raise saved.StateError("settings", f"must be a dict, got {type(settings).__name__}")
+        for key, value in settings.items():  # compared with this run's to say what changed: plain finite values
+            if value is not None and not isinstance(value, bool):
+                saved.finite(settings, key, "settings.")
+        # Every step is decided, an overflow step or a short one; every step costs a pass and a SAM step one more.
+        t, sam, decided = counters["t"], counters["sam_steps"], counters["decided_steps"]
+        if decided + counters["overflow_steps"] + counters["partial_steps"] != t or sam > decided:
+            raise saved.StateError(
+                "t",
+                f"({t}) must equal decided_steps + overflow_steps + partial_steps, with sam_steps <= decided_steps"
+                f" (got {counters})",
+            )
+        if counters["passes"] < t + sam:
+            raise saved.StateError("passes", f"({counters['passes']}) must be >= t + sam_steps ({t + sam})")
+        return counters
+
+    def _check_g_v(self, state: dict[str, Any]) -> tuple[list[Tensor] | None, Tensor | None]:
+        """The saved LookSAM direction, checked against this controller's (local) parameters."""
+        g_v, g_v_norm = saved.field_of(state, "g_v"), saved.field_of(state, "g_v_norm")
+        if g_v is None:
+            if g_v_norm is not None:
+                raise saved.StateError("g_v_norm", "must be None when `g_v` is None")
+            return None, None
+        self._check_g_v_shard(state)
+        local = self._local(self.params)
+        if not isinstance(g_v, (list, tuple)) or len(g_v) != len(local):
+            what = f"{len(g_v)} entries" if isinstance(g_v, (list, tuple)) else f"a {type(g_v).__name__}"
+            raise saved.StateError("g_v", f"must be a list of {len(local)} tensors, one per parameter; got {what}")
+        g_v = [saved.tensor(g, f"g_v[{i}]", p.shape) for i, (g, p) in enumerate(zip(g_v, local))]
+        g_v_norm = saved.tensor(g_v_norm, "g_v_norm", ())
+        if float(g_v_norm) < 0:
+            raise saved.StateError("g_v_norm", f"({float(g_v_norm)}) must be >= 0")
+        return g_v, g_v_norm
 
     def _check_g_v_shard(self, state: dict[str, Any]) -> None:
         """g_v must load on the sharding it was saved from: another rank's local shards would load without error."""
-        if state["g_v"] is None:
-            return
-        saved = state.get("g_v_shard")
+        saved_on = state.get("g_v_shard")
         here = None if self._shard_group is None else shard_of(self._shard_group)
-        if saved != here:
+        if saved_on != here:
             raise ValueError(
-                f"The checkpoint's LookSAM direction g_v was saved {_sharding(saved)}; this controller runs "
+                f"The checkpoint's LookSAM direction g_v was saved {_sharding(saved_on)}; this controller runs "
                 f"{_sharding(here)}. Under FSDP2 each rank loads the state it saved itself (`state_dict()`), in a job "
                 "sharded the same way. To change the sharding, start the policy afresh "
                 "(`load_state_dict(state, policy_state=False)` keeps the counters)."
-            )
-        if here is not None and [g.shape for g in state["g_v"]] != [p.shape for p in self._local(self.params)]:
-            raise ValueError(
-                "The checkpoint's LookSAM direction g_v does not have the shapes of this rank's parameter shards: it "
-                "was saved from another model, or another sharding of it."
             )
 
     @property

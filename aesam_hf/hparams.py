@@ -36,7 +36,15 @@ DEFAULTS = SAMDefaults()
 # ---- one function per rule; `name` is the argument as the caller spelled it (`sam_rho` on the command line) ----
 
 
+def _check_number(value: Any, name: str) -> None:
+    # From Python (not the command line, where HfArgumentParser converts) a value can arrive as a string: compared
+    # with a number it would raise a TypeError that names no argument.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` ({value!r}) must be a number, not a {type(value).__name__}.")
+
+
 def _check_rho(value: float, name: str) -> None:
+    _check_number(value, name)
     # rho = 0 is allowed (the second pass recomputes g at w); a negative radius is a descent step, not SAM, and an
     # infinite one moves the weights to inf.
     if not (math.isfinite(value) and value >= 0.0):
@@ -46,6 +54,7 @@ def _check_rho(value: float, name: str) -> None:
 
 
 def _check_alpha(value: float, name: str) -> None:
+    _check_number(value, name)
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"`{name}` ({value!r}) must be a finite number >= 0: it weighs the reused LookSAM direction.")
 
@@ -57,24 +66,30 @@ def _check_interval(value: int, name: str) -> None:
 
 
 def _check_probability(value: float, name: str) -> None:
+    _check_number(value, name)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"`{name}` ({value!r}) must be in [0, 1]: it is the probability of a SAM step.")
 
 
 def _check_delta(value: float, name: str) -> None:
+    _check_number(value, name)
     # delta = 0 would forget all history and delta = 1 would never move from the start values.
     if not 0.0 < value < 1.0:
         raise ValueError(f"`{name}` ({value!r}) must be in (0, 1): it is the EMA rate of the mean and variance.")
 
 
 def _check_finite(value: float, name: str) -> None:
+    _check_number(value, name)
     if not math.isfinite(value):
         raise ValueError(f"`{name}` ({value!r}) must be a finite number.")
 
 
 def _check_budget(value: float | None, name: str) -> None:
     # 0 and 1 are `erm` and `sam`; the threshold that gives them is infinite.
-    if value is not None and not 0.0 < value < 1.0:
+    if value is None:
+        return
+    _check_number(value, name)
+    if not 0.0 < value < 1.0:
         raise ValueError(f"`{name}` ({value!r}) must be None (off) or in (0, 1): the target fraction of SAM steps.")
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 from transformers.utils import logging
 
 from .checkpoint import find_state, resume, state_name
@@ -48,7 +48,7 @@ for _hook in ("_save_optimizer_and_scheduler", "_load_optimizer_and_scheduler"):
 
 
 class _SAMCallback(TrainerCallback):
-    """Builds the controller when `train()` starts, and keeps non-finite weights out of checkpoints."""
+    """Builds the controller when `train()` starts, and checks the weights the run returns."""
 
     def __init__(self, trainer: "AESAMTrainerMixin"):
         self.trainer = trainer
@@ -57,12 +57,8 @@ class _SAMCallback(TrainerCallback):
         # Only now are `max_steps` (T) and a resumed state known.
         self.trainer._sam_begin_training(state.max_steps, state.global_step)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        # Runs after the stock flow callback decided to save, before the checkpoint is written.
-        if control.should_save:
-            self.trainer._sam_check_weights(f"checkpoint-{state.global_step} is not written")
-
     def on_train_end(self, args, state, control, **kwargs):
+        # Checkpoints are checked where they are written (`save_model`); this is the model `train()` hands back.
         self.trainer._sam_check_weights("training ends here")
 
 
@@ -128,11 +124,11 @@ class AESAMTrainerMixin:
             )
         self._sam_controller: SAMController | None = None
         self._sam_resume_from: str | None = None  # the checkpoint to resume from, read by `_sam_begin_training`
-        self._sam_checkpoint: str | None = None  # the last checkpoint saved or resumed from: finite weights
+        # The last checkpoint saved (after the weight check) or resumed from: the one to name for a clean resume.
+        self._sam_checkpoint: str | None = None
         self._sam_user_optimizer = self.optimizer is not None or self.optimizer_cls_and_kwargs is not None
         self._sam_micro_batches: list[tuple[Any, Any, Any]] = []  # (inputs, num_items_in_batch, RNG state)
         self._sam_records: list[StepRecord] = []  # the steps since the last log
-        self._sam_full_step = 0  # the most examples one step has seen: a step with fewer is a short one
         self.add_callback(_SAMCallback(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._sam_model_tags)
@@ -193,11 +189,10 @@ class AESAMTrainerMixin:
         )
         checkpoint, self._sam_resume_from = self._sam_resume_from, None
         # The file depends on the controller's sharding (one per rank under FSDP2), known only now.
-        state = None if checkpoint is None else find_state(checkpoint, self._sam_controller)
-        resume(self._sam_controller, state, global_step, self._sam_checkpoint, args.sam_reset_policy_on_resume)
+        found = None if checkpoint is None else find_state(checkpoint, self._sam_controller)
+        resume(self._sam_controller, found, global_step, self._sam_checkpoint, args.sam_reset_policy_on_resume)
         self._sam_micro_batches = []
         self._sam_records = []
-        self._sam_full_step = 0  # e.g. `auto_find_batch_size` restarts the loop with smaller batches
 
     def training_step(
         self,
@@ -232,8 +227,8 @@ class AESAMTrainerMixin:
         scaler = self.accelerator.scaler
         # `get_scale()` reads the scale on the host: only a policy that can take a SAM step needs it.
         scaled = controller.policy.can_sam and scaler is not None and scaler.is_enabled()
-        partial = controller.policy.uses_grad_norm and self._sam_is_partial(micro_batches)
-        if not controller.maybe_perturb(grad_scale=scaler.get_scale() if scaled else None, partial=partial):
+        grad_scale = scaler.get_scale() if scaled else None
+        if not controller.maybe_perturb(grad_scale=grad_scale, examples=self._sam_examples(micro_batches)):
             return
         freeze = frozen_running_stats(model) if self.args.sam_freeze_bn_stats else contextlib.nullcontext()
         no_sync = functools.partial(self.accelerator.no_sync, model=model)
@@ -257,29 +252,37 @@ class AESAMTrainerMixin:
             return [torch.device("cuda", i) for i in range(self.args.n_gpu)]
         return [self.args.device]
 
-    def _sam_is_partial(self, micro_batches: list) -> bool:
-        """Whether this step saw fewer examples than the largest step so far (the short batch ending an epoch).
+    @staticmethod
+    def _sam_examples(micro_batches: list) -> int | None:
+        """The examples this step saw, for the controller to tell the short batch ending an epoch (None: unknown).
 
-        Compared with what was seen, not with the configured batch size: packed or padding-free batches (TRL's
-        `packing=True` gives one row per micro-batch) and `split_batches` count differently, but never shrink.
+        The controller compares them with the largest step so far, not with the configured batch size: packed or
+        padding-free batches (TRL's `packing=True` gives one row per micro-batch) and `split_batches` count
+        differently, but never shrink. Only policies that read x use it; counting costs no sync.
         """
         seen = 0
         for inputs, _, _ in micro_batches:
             values = inputs.values() if isinstance(inputs, dict) else ()
             tensor = next((v for v in values if torch.is_tensor(v) and v.dim() > 0), None)
             if tensor is None:
-                return False  # no batch dimension to count: treat the step as full
+                return None  # no batch dimension to count: treat the step as full
             seen += tensor.shape[0]
-        self._sam_full_step = max(self._sam_full_step, seen)
-        return seen < self._sam_full_step
+        return seen
 
     def _sam_resume_hint(self) -> str:
         if self._sam_checkpoint is None:
             return "No checkpoint was saved before this step."
-        return f"The last checkpoint, `{self._sam_checkpoint}`, holds finite weights: resume from it once fixed."
+        return (
+            f"The last checkpoint written, `{self._sam_checkpoint}`, was checked and holds finite weights: resume from "
+            "it once fixed."
+        )
 
     def _sam_check_weights(self, consequence: str) -> None:
-        """Raise rather than let non-finite weights reach a checkpoint or the caller (one host sync)."""
+        """Raise rather than let non-finite weights reach a checkpoint or the caller (one host sync).
+
+        The write barrier: `save_model` calls it before anything is written, and every path that writes weights goes
+        through `save_model` (checkpoints of every save strategy, best-model tracking, the final save, Hub pushes).
+        """
         controller = self._sam_controller
         if controller is None or not controller.policy.can_sam:
             return  # `erm` and stock optimizer names behave exactly as the stock Trainer does
@@ -326,6 +329,19 @@ class AESAMTrainerMixin:
 
     # ---- checkpointing: the controller's state travels with the optimizer's ----
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The stock `save_model`, behind the write barrier: non-finite weights are never written."""
+        self._sam_check_weights(f"`{output_dir or self.args.output_dir}` is not written")
+        super().save_model(output_dir, _internal_call=_internal_call)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # `save_model` runs first in the stock method, so a checkpoint that fails the check leaves no file behind and
+        # rotation (`save_total_limit`) never deletes the last finite checkpoint for a later one.
+        super()._save_checkpoint(model, trial)
+        self._sam_checkpoint = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         controller = self._sam_controller
@@ -336,7 +352,6 @@ class AESAMTrainerMixin:
         elif controller is not None and self.args.should_save:
             # Identical on every rank, so one copy written by the main process is enough.
             torch.save(controller.state_dict(), os.path.join(output_dir, state_name(controller)))
-        self._sam_checkpoint = output_dir
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -43,6 +43,13 @@ def _model():
         ({"fsdp": "full_shard", "fsdp_config": {"version": 1}}, "fsdp"),
         ({"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 1}}, "fsdp"),
         ({"fsdp": "full_shard", "fsdp_config": '{"version": 1}'}, "fsdp"),  # a JSON string, as from the command line
+        # From Python a number can arrive as a string (the command line converts): named, not a bare TypeError.
+        ({"aesam_budget": "0.3"}, "aesam_budget"),
+        ({"sam_rho": "0.05"}, "sam_rho"),
+        ({"sam_probability": "0.5"}, "sam_probability"),
+        ({"aesam_delta": "0.9"}, "aesam_delta"),
+        ({"aesam_lambda1": "-1"}, "aesam_lambda1"),
+        ({"looksam_alpha": "0.1"}, "looksam_alpha"),
     ],
 )
 def test_bad_values_raise_naming_the_argument_and_value(tmp_path, kwargs, argument):
@@ -177,3 +184,35 @@ def test_controller_rejects_bad_arguments():
         SAMController(model.parameters(), make_policy("looksam"), looksam_alpha=-1)
     with pytest.raises(ValueError, match="params"):
         SAMController([nn.Parameter(torch.zeros(2), requires_grad=False)], make_policy("sam"))
+
+
+@pytest.mark.parametrize("optim", ["sam", "random", "periodic", "looksam", "erm", "adamw_torch"])
+def test_a_budget_the_policy_would_ignore_is_refused(tmp_path, optim):
+    # A budget caps the cost; under these policies the run would silently cost what the budget was meant to cap.
+    with pytest.raises(ValueError, match=r"`aesam_budget` \(0.3\) has no effect under `optim` .*'aesam', 'aelooksam'"):
+        _config(tmp_path, optim=optim, aesam_budget=0.3)
+
+
+@pytest.mark.parametrize(
+    "optim, kwargs, ignored",
+    [
+        ("aesam", {"sam_interval": 3}, ["sam_interval"]),
+        ("sam", {"sam_probability": 0.3, "looksam_alpha": 0.5}, ["sam_probability", "looksam_alpha"]),
+        ("adamw_torch", {"sam_rho": 0.2}, ["sam_rho"]),
+        ("erm", {"sam_freeze_bn_stats": False}, ["sam_freeze_bn_stats"]),
+    ],
+)
+def test_a_setting_the_policy_does_not_use_is_warned_about(tmp_path, optim, kwargs, ignored):
+    with pytest.warns(UserWarning, match="no effect under `optim`") as record:
+        _config(tmp_path, optim=optim, **kwargs)
+    message = next(str(w.message) for w in record if "no effect" in str(w.message))
+    assert all(f"`{name}`" in message for name in ignored), message
+
+
+def test_settings_the_policy_uses_are_not_warned_about(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        _config(tmp_path, optim="aelooksam", sam_rho=0.2, looksam_alpha=0.3, aesam_budget=0.4, aesam_delta=0.8)
+        _config(tmp_path, optim="periodic", sam_interval=3, sam_adaptive=True)

@@ -85,7 +85,7 @@ def test_nan_on_an_unchecked_step_never_reaches_a_checkpoint(tmp_path):
     trainer = get_trainer(
         tmp_path, model=model, optim="periodic", sam_interval=5, max_steps=4, save_strategy="steps", save_steps=3
     )
-    with pytest.raises(FloatingPointError, match="checkpoint-3 is not written"):
+    with pytest.raises(FloatingPointError, match="checkpoint-3` is not written"):
         trainer.train()
     assert not (tmp_path / "checkpoint-3").exists()
 
@@ -296,7 +296,7 @@ def test_corrupt_sam_state_is_an_error_naming_the_file(tmp_path, content):
 def test_a_state_file_of_something_else_is_an_error(tmp_path):
     _, checkpoint = _train_and_checkpoint(tmp_path)
     torch.save({"step": 3}, checkpoint / SAM_STATE_NAME)
-    with pytest.raises(ValueError, match="lacks"):
+    with pytest.raises(ValueError, match="`t` is missing"):
         get_trainer(tmp_path / "resumed", optim="sam", max_steps=6).train(resume_from_checkpoint=str(checkpoint))
 
 
@@ -330,3 +330,14 @@ def test_a_rising_threshold_schedule_warns():
     with pytest.warns(UserWarning, match="`lambda1` \\(2.0\\) > `lambda2` \\(1.0\\)"):
         make_policy("aesam", total_steps=10, lambda1=2.0, lambda2=1.0)
     assert math.isfinite(make_policy("aesam", total_steps=10).lambda1)
+
+
+def test_a_first_pass_nan_under_a_policy_that_does_not_read_x_is_blamed_on_the_first_pass(tmp_path):
+    # `sam` perturbs without reading ||g||², so a NaN of the first pass shows up only in the second; the message used
+    # to blame the second pass and `sam_rho`. Steps are numbered as the Trainer's global_step and checkpoint names.
+    model = NaNOnCalls({2})  # calls 0, 1: step 1; call 2: the first pass of step 2
+    trainer = get_trainer(tmp_path, model=model, optim="sam", max_steps=4, save_strategy="steps", save_steps=1)
+    with pytest.raises(FloatingPointError, match="optimizer step 2 is not finite already in the first pass") as err:
+        trainer.train()
+    assert "sam_rho" not in str(err.value)
+    assert f"`{tmp_path / 'checkpoint-1'}`" in str(err.value)

@@ -13,6 +13,7 @@ from aesam_hf.policies import (
     PeriodicPolicy,
     RandomPolicy,
     SAMPolicyName,
+    ScheduledRandomPolicy,
     make_policy,
 )
 
@@ -137,7 +138,7 @@ def test_budget_keeps_choosing_steps_by_x():
 
 @pytest.mark.parametrize("budget", [None, 0.2, 0.5])
 def test_scheduled_random_draws_at_aesam_expected_rate(budget):
-    from aesam_hf.policies import ScheduledRandomPolicy, normal_tail, threshold_schedule
+    from aesam_hf.policies import normal_tail, threshold_schedule
 
     steps = 4000
     policy = ScheduledRandomPolicy(total_steps=steps, budget=budget, seed=5)
@@ -152,3 +153,17 @@ def test_scheduled_random_draws_at_aesam_expected_rate(budget):
         assert abs(sum(decisions) / steps - budget) < 0.03
     late, early = sum(decisions[-steps // 4 :]), sum(decisions[: steps // 4])
     assert late > early  # SAM steps pile up late, as AE-SAM's do
+
+
+@pytest.mark.parametrize("steps", [10, 20, 333])
+@pytest.mark.parametrize("budget", [0.2, 0.3, 0.5])
+def test_scheduled_expects_exactly_the_budget_on_a_run_of_any_length(steps, budget):
+    # Its rate is solved on the steps the run decides at (t = 0 .. T - 1): at T = 10 and a budget of 0.3 the shift
+    # solved on the continuous schedule made it draw 0.271 on average.
+    policy = ScheduledRandomPolicy(total_steps=steps, budget=budget)
+    assert sum(policy.rate(t) for t in range(steps)) / steps == pytest.approx(budget, abs=1e-6)
+
+
+def test_a_budget_over_a_short_run_warns_that_it_cannot_be_held():
+    with pytest.warns(UserWarning, match="needs about 60 steps"):
+        AdaptivePolicy(total_steps=20, budget=0.3)

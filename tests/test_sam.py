@@ -228,7 +228,7 @@ def test_non_finite_gradient_without_a_scaler_raises_before_deciding(bad):
     model.zero_grad()
     _loss(model, x, y).backward()
     next(model.parameters()).grad[0, 0] = bad
-    with pytest.raises(FloatingPointError, match="step 1 is not finite"):
+    with pytest.raises(FloatingPointError, match="step 2 is not finite"):
         sam.maybe_perturb()
     assert sam.policy.state_dict() == policy_state  # a checkpoint taken now is clean
     for p, w in zip(model.parameters(), weights):
