@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import transformers
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
@@ -31,6 +32,7 @@ from .model_card import add_card_section, card_section
 from .policies import POLICIES, make_policy
 from .sam import capture_rng, frozen_running_stats, replay_rng
 from .teardown import destroy_gloo_group_at_exit, in_gloo_group
+from .weights import is_peft_model, load_checkpoint_weights, saved_transformers_version, weights_file
 
 
 logger = logging.get_logger(__name__)
@@ -359,6 +361,40 @@ class AESAMTrainerMixin:
             # Read and applied by `_sam_begin_training`, which runs right after this.
             self._sam_resume_from = checkpoint
             self._sam_checkpoint = checkpoint
+
+    # ---- loading weights: every tensor of the checkpoint, or an error ----
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # The stock loader logs the keys that did not load and trains on: under transformers 5.x a ViT resumes with
+        # its initial encoder (`aesam_hf.weights` says why). A resumed run must be the run it continues.
+        model = self.model if model is None else model
+        if not self._sam_loads_weights(model, resume_from_checkpoint):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info(f"Loading model from {resume_from_checkpoint}.")
+        version = saved_transformers_version(resume_from_checkpoint)
+        if version is not None and version != transformers.__version__:
+            logger.warning(
+                f"You are resuming training from a checkpoint trained with {version} of Transformers but your "
+                f"current version is {transformers.__version__}. This is not recommended and could yield to errors "
+                "or unwanted behaviors."
+            )
+        load_checkpoint_weights(model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        # The same loss in the stock loader keeps the last encoder while it logs that the best model was loaded.
+        checkpoint = self.state.best_model_checkpoint
+        if not self._sam_loads_weights(self.model, checkpoint):
+            return super()._load_best_model()  # including its warning when the checkpoint holds no weights
+        logger.info(f"Loading best model from {checkpoint} (score: {self.state.best_metric}).")
+        load_checkpoint_weights(self.model, checkpoint)
+
+    def _sam_loads_weights(self, model: nn.Module, checkpoint: str) -> bool:
+        """Whether `load_checkpoint_weights` loads this checkpoint: full weights into a plain model, no sharded
+        engine. PEFT adapters, FSDP, DeepSpeed and SageMaker checkpoints take the stock paths."""
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled or transformers.utils.is_sagemaker_mp_enabled()
+        if sharded or is_peft_model(model):
+            return False
+        return weights_file(checkpoint) is not None
 
     # ---- model card ----
 
