@@ -39,9 +39,17 @@ logger = logging.get_logger(__name__)
 
 _TAG = "aesam"
 
-# The SAM state travels with the optimizer's through these two Trainer hooks; `docs/architecture.md` ("Checkpoints")
-# says why no public mechanism serves. Checked at import so that an upstream rename fails here, loudly.
-for _hook in ("_save_optimizer_and_scheduler", "_load_optimizer_and_scheduler"):
+# The SAM state travels with the optimizer's through the first two Trainer hooks; `docs/architecture.md`
+# ("Checkpoints") says why no public mechanism serves. The write barrier and the complete checkpoint loading override
+# the others. Checked at import so that an upstream rename fails here, loudly, instead of silently bypassing them.
+_HOOKS = (
+    "_save_optimizer_and_scheduler",
+    "_load_optimizer_and_scheduler",
+    "_save_checkpoint",
+    "_load_from_checkpoint",
+    "_load_best_model",
+)
+for _hook in _HOOKS:
     if not callable(getattr(Trainer, _hook, None)):
         raise ImportError(
             f"aesam_hf needs `transformers.Trainer.{_hook}`, which this transformers version lacks; install a "
