@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .config import HPARAM_FIELDS
 from .controller import SAMController
 from .state import StateError, field_of
 
@@ -23,8 +22,9 @@ logger = logging.get_logger(__name__)
 
 SAM_STATE_NAME = "sam_state.pt"
 SHARDED_STATE_NAME = "sam_state_rank{rank}.pt"  # one per rank under FSDP2
-# Controller settings (`SAMController.settings`) -> the config field a user changes.
-_SETTING_FIELDS = {**HPARAM_FIELDS, "total_steps": "max_steps", "seed": "seed"}
+# The saved settings are the flags' own names (`SAMController.saved_settings`), except the run's length, which the
+# Trainer sets from `max_steps`.
+_SETTING_FIELDS = {"total_steps": "max_steps"}
 _FRESH_FLAG = "sam_reset_policy_on_resume"
 
 
@@ -96,7 +96,7 @@ def resume(
             controller.t = controller.decided_steps = controller.passes = global_step
             logger.warning(
                 f"Resuming at step {global_step} from {where}, which holds no {SAM_STATE_NAME} (a stock Trainer "
-                f"checkpoint, or one saved with `save_only_model`): the {controller.policy.name.value!r} policy starts "
+                f"checkpoint, or one saved with `save_only_model`): the {controller.policy.name!r} policy starts "
                 f"afresh, and the counters (SAM fraction, passes) take the {global_step} earlier steps as plain ERM "
                 "steps, 1 pass each."
             )
@@ -115,7 +115,7 @@ def resume(
             "another checkpoint. Resume from the checkpoint it was saved with, or delete it to resume with a fresh "
             "policy."
         )
-    current = controller.policy.name.value
+    current = controller.policy.name
     if saved != current and not fresh:
         raise ValueError(
             f"{where} was trained with the {saved!r} policy (`policy_name` in `{path}`) and this run uses {current!r}. "
@@ -129,7 +129,7 @@ def resume(
         raise _unusable(path, str(err)) from None
     if fresh:
         logger.warning(f"Resuming at step {global_step} under {current!r} (was {saved!r}) with fresh statistics.")
-    old, new = state["settings"], controller.settings()
+    old, new = state["settings"], controller.saved_settings()
     changes = [f"{_SETTING_FIELDS.get(k, k)} {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]]
     if changes:
         logger.warning(

@@ -8,7 +8,7 @@ AE-SAM: https://huggingface.co/papers/2304.14647.
 
 Use in a plain PyTorch loop::
 
-    sam = SAMController(model.parameters(), make_policy("aesam", total_steps=T), rho=0.05)
+    sam = SAMController(model.parameters(), make_policy("aesam", total_steps=T, sam_rho=0.05))
     for batch in loader:
         loss_fn(model, batch).backward()
         if sam.maybe_perturb():             # decides; on a SAM step w <- w + e and the grads are cleared
@@ -36,7 +36,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import state as saved
-from .hparams import DEFAULTS, check
 from .policies import SAMPolicy
 from .sam import LookSAMGeometry, apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
 from .sharding import all_reduce_sum, local_tensors, shard_group, shard_of
@@ -71,13 +70,8 @@ class SAMController:
             The trainable parameters (those the optimizer steps). All on one device. Under FSDP2, the parameters of
             the model after `fully_shard` (DTensors): the controller then keeps its buffers as local shards.
         policy (`SAMPolicy`):
-            Decides which steps are SAM steps.
-        rho (`float`, *optional*, defaults to `0.05`):
-            Radius of the SAM neighbourhood.
-        adaptive (`bool`, *optional*, defaults to `False`):
-            ASAM's scale-invariant perturbation.
-        looksam_alpha (`float`, *optional*, defaults to `0.1`):
-            Weight of the reused direction on non-SAM steps of the LookSAM policies.
+            Decides which steps are SAM steps (`make_policy`). Its `settings` record also holds the SAM step's own
+            settings, read from there: `sam_rho`, `sam_adaptive` (ASAM) and `looksam_alpha`.
         broadcast_grad_norm (`bool` or `None`, *optional*, defaults to `None`):
             Broadcast x from rank 0 before deciding, so every rank takes the same decision even if the ranks' norms
             differ in the last bit. `None`: when `torch.distributed` is initialized with more than one rank.
@@ -87,14 +81,8 @@ class SAMController:
         self,
         params: Iterable[Tensor],
         policy: SAMPolicy,
-        rho: float = DEFAULTS.rho,
-        adaptive: bool = DEFAULTS.adaptive,
-        looksam_alpha: float = DEFAULTS.looksam_alpha,
         broadcast_grad_norm: bool | None = None,
     ):
-        check("rho", rho)
-        check("adaptive", adaptive)
-        check("looksam_alpha", looksam_alpha, "alpha")
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("`params` holds no parameter that requires grad: there is nothing to train.")
@@ -108,9 +96,7 @@ class SAMController:
         # FSDP2: the process group the parameters are sharded over; None (unsharded) leaves every code path as it was.
         self._shard_group = shard_group(self.params)
         self.policy = policy
-        self.rho = rho
-        self.adaptive = adaptive
-        self.looksam_alpha = looksam_alpha
+        self.settings = policy.settings  # validated when the record was built
         if broadcast_grad_norm is None:
             broadcast_grad_norm = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.broadcast_grad_norm = broadcast_grad_norm
@@ -233,7 +219,7 @@ class SAMController:
             # statistics are untouched, so a checkpoint saved before this step resumes cleanly.
             raise FloatingPointError(
                 f"The gradient of optimizer step {self.record.step + 1} is not finite (||g||² = {x}) and no loss scaler "
-                f"skips the step, so the {self.policy.name.value!r} policy cannot decide and the optimizer would "
+                f"skips the step, so the {self.policy.name!r} policy cannot decide and the optimizer would "
                 "write inf/NaN into the weights. Look for the cause (too high a `learning_rate`, inf/NaN in the "
                 "inputs or the loss); fp16 with a GradScaler skips such steps."
             )
@@ -268,7 +254,9 @@ class SAMController:
                 torch._foreach_copy_(g_buf, grads)
                 if inv_scale != 1.0:
                     torch._foreach_mul_(g_buf, inv_scale)
-            sam_perturbation_(params, grads, self.rho, self.adaptive, x, inv_scale, self._shard_group)  # grads hold e
+            sam_perturbation_(
+                params, grads, self.settings.sam_rho, self.settings.sam_adaptive, x, inv_scale, self._shard_group
+            )  # grads hold e
             torch._foreach_add_(params, grads)  # w <- w + e
         for i in idx:
             self.params[i].grad = None
@@ -280,7 +268,7 @@ class SAMController:
         with torch.no_grad():
             grads = self._local([self.params[i].grad for i in idx])
             g_v = [self.g_v[i] for i in idx]
-            apply_looksam_(grads, g_v, self.g_v_norm, self.looksam_alpha, x.sqrt() / inv_scale)
+            apply_looksam_(grads, g_v, self.g_v_norm, self.settings.looksam_alpha, x.sqrt() / inv_scale)
 
     def restore(self) -> None:
         """Call after the second backward pass: restore w by copy and, for LookSAM policies, refresh g_v.
@@ -375,19 +363,24 @@ class SAMController:
         state = {key: getattr(self, key) for key in self.COUNTERS}
         state.update(
             policy=self.policy.state_dict(),
-            policy_name=self.policy.name.value,
+            policy_name=self.policy.name,
             g_v=None if self.g_v is None else [g.detach().cpu() for g in self.g_v],
             g_v_norm=None if self.g_v_norm is None else self.g_v_norm.detach().cpu(),
-            settings=self.settings(),
+            settings=self.saved_settings(),
         )
         if self._shard_group is not None:
             state["g_v_shard"] = shard_of(self._shard_group)
         return state
 
-    def settings(self) -> dict[str, Any]:
-        """The values the decisions depend on; saved with the state so that a resumed run can say what changed."""
-        policy = {k: getattr(self.policy, k) for k in self.policy.hparams}
-        return {"rho": self.rho, "adaptive": self.adaptive, "looksam_alpha": self.looksam_alpha, **policy}
+    def saved_settings(self) -> dict[str, Any]:
+        """The values the decisions depend on, by their setting names; saved with the state so that a resumed run can
+        say what changed."""
+        saved = {name: getattr(self.settings, name) for name in self.policy.used_settings()}
+        if self.policy.needs_total_steps:
+            saved["total_steps"] = self.policy.total_steps
+        if hasattr(self.policy, "generator"):  # the policies that draw at random: their sequence is the seed's
+            saved["seed"] = self.policy.seed
+        return saved
 
     def load_state_dict(self, state: dict[str, Any], policy_state: bool = True) -> None:
         """Load the counters and, unless `policy_state=False`, the policy's statistics and the LookSAM direction.
@@ -399,9 +392,9 @@ class SAMController:
         counters = self.check_counters(state)
         if policy_state:
             name = saved.field_of(state, "policy_name")
-            if name != self.policy.name.value:
+            if name != self.policy.name:
                 raise ValueError(
-                    f"The checkpoint's SAM state is for policy {name!r}, this run uses {self.policy.name.value!r}; "
+                    f"The checkpoint's SAM state is for policy {name!r}, this run uses {self.policy.name!r}; "
                     "resume with the same `optim`, or start the policy afresh."
                 )
             g_v, g_v_norm = self._check_g_v(state)

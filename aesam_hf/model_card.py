@@ -6,7 +6,7 @@ Hub records how it was trained.
 
 import os
 
-from .config import HPARAM_FIELDS, AESAMConfig
+from .config import AESAMConfig
 from .controller import SAMController
 from .policies import POLICIES
 
@@ -24,16 +24,16 @@ def card_section(args: AESAMConfig, controller: SAMController | None, optimizer:
     lines = [
         "### Sharpness-aware training",
         "",
-        f"Trained with aesam_hf's `{args.sam_policy.value}` policy "
+        f"Trained with aesam_hf's `{policy.name}` policy "
         f"([AE-SAM paper](https://huggingface.co/papers/2304.14647)) on top of the `{optimizer}` optimizer.",
         "",
     ]
     if policy.can_sam:
         lines.append(f"- SAM radius rho: {args.sam_rho:g}{' (ASAM, adaptive)' if args.sam_adaptive else ''}")
-        fields = [HPARAM_FIELDS[k] for k in policy.hparams if k in HPARAM_FIELDS]
+        fields = [name for name in policy.used_settings() if name not in ("sam_rho", "sam_adaptive")]
         if fields:
             values = ", ".join(f"{f}={_fmt(getattr(args, f))}" for f in fields)
-            lines.append(f"- policy hyper-parameters: {values}")
+            lines.append(f"- policy settings: {values}")
     if controller is not None and controller.t > 0:
         lines += [
             f"- SAM fraction: {controller.sam_fraction:.3f} (SAM on {controller.sam_steps} of "

@@ -9,9 +9,14 @@ Every policy has the same three methods: `decide(t, x)`, `state_dict()` and `loa
 identical on every rank (`docs/algorithm.md`, "Rules every policy obeys"): the caller passes `x` computed from the all-reduced
 gradient, and the random policy draws from its own generator seeded identically on every rank.
 
+The registry is `POLICY_CLASSES` at the end: adding a policy is one class (its `name`, the settings it `uses`, and
+`decide`) plus its entry there. The command line, the help texts, the launcher, the model card and the checkpoint's
+settings all read the registry.
+
 This module imports only `torch`, so hand-written training loops can use it without `transformers`.
 """
 
+import difflib
 import math
 import warnings
 from enum import Enum
@@ -20,38 +25,42 @@ from typing import Any, ClassVar
 import torch
 
 from . import state as saved
-from .hparams import DEFAULTS, check, check_total_steps
-
-
-class SAMPolicyName(str, Enum):
-    """The policy names, spelled exactly as on the command line (`--optim aesam`)."""
-
-    ERM = "erm"
-    SAM = "sam"
-    RANDOM = "random"
-    PERIODIC = "periodic"
-    LOOKSAM = "looksam"
-    AESAM = "aesam"
-    AELOOKSAM = "aelooksam"
-    SCHEDULED = "scheduled"
-
-    @classmethod
-    def _missing_(cls, value: object):
-        raise ValueError(f"{value!r} is not a SAM policy; choose one of {[m.value for m in cls]}.")
+from .settings import DEFAULTS, SETTINGS, SAMSettings, check_total_steps
 
 
 class SAMPolicy:
-    """Base class. Subclasses set `name`, the constructor hyper-parameters in `hparams`, and `decide`."""
+    """Base class. Subclasses set `name`, the settings their decisions read in `uses`, and `decide`.
 
-    name: ClassVar[SAMPolicyName]
-    # Names of the `make_policy` keyword arguments this policy's constructor takes.
-    hparams: ClassVar[tuple[str, ...]] = ()
+    Every policy is built from one `SAMSettings` record (`settings`), which also carries the settings of the SAM step
+    itself (`sam_rho`, ...) that the controller reads, plus the run's length and seed.
+    """
+
+    # The policy's name on the command line (`--optim aesam`).
+    name: ClassVar[str]
+    # The `SAMSettings` fields `decide` reads (the step's own settings are added by `used_settings`).
+    uses: ClassVar[tuple[str, ...]] = ()
+    # True when the schedule needs the run's length T (`total_steps`).
+    needs_total_steps: ClassVar[bool] = False
     # True when `decide` reads `x`: the caller must then bring `x` to the host (one sync per step).
     uses_grad_norm: ClassVar[bool] = False
     # True for the LookSAM-style policies: non-SAM steps reuse the cached SAM direction g_v.
     reuses_direction: ClassVar[bool] = False
     # False only for ERM: lets callers skip caching inputs for a second pass that never comes.
     can_sam: ClassVar[bool] = True
+
+    def __init__(self, settings: SAMSettings | None = None, total_steps: int | None = None, seed: int = 0):
+        self.settings = settings if settings is not None else SAMSettings()
+        if self.needs_total_steps:
+            check_total_steps(total_steps)
+        self.total_steps = total_steps
+        self.seed = seed
+
+    @classmethod
+    def used_settings(cls) -> tuple[str, ...]:
+        """Every `SAMSettings` field a run of this policy reads: the SAM step's, then the decision's."""
+        step = ("sam_rho", "sam_adaptive") if cls.can_sam else ()
+        reuse = ("looksam_alpha",) if cls.reuses_direction else ()
+        return step + reuse + cls.uses
 
     def decide(self, t: int, x: float | None) -> bool:
         """Return True if optimizer step `t` (0-based) is a SAM step; `x` is ||g||² of that step."""
@@ -68,14 +77,14 @@ class SAMPolicy:
         pass
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hparams)
+        args = ", ".join(f"{k}={getattr(self.settings, k)!r}" for k in self.uses)
         return f"{type(self).__name__}({args})"
 
 
 class ERMPolicy(SAMPolicy):
     """Never a SAM step: plain empirical risk minimization."""
 
-    name = SAMPolicyName.ERM
+    name = "erm"
     can_sam = False
 
     def decide(self, t: int, x: float | None) -> bool:
@@ -85,30 +94,28 @@ class ERMPolicy(SAMPolicy):
 class SAMAlwaysPolicy(SAMPolicy):
     """Every step is a SAM step (Foret et al. 2021)."""
 
-    name = SAMPolicyName.SAM
+    name = "sam"
 
     def decide(self, t: int, x: float | None) -> bool:
         return True
 
 
 class RandomPolicy(SAMPolicy):
-    """SAM with probability `probability`, one draw per step (SS-SAM / RST, Zhao et al. 2022).
+    """SAM with probability `sam_probability`, one draw per step (SS-SAM / RST, Zhao et al. 2022).
 
     The generator is private and seeded with the run's seed, so every rank draws the same sequence and a resumed run
     continues it (its state is in `state_dict`).
     """
 
-    name = SAMPolicyName.RANDOM
-    hparams = ("probability", "seed")
+    name = "random"
+    uses = ("sam_probability",)
 
-    def __init__(self, probability: float = DEFAULTS.probability, seed: int = 0):
-        check("probability", probability)
-        self.probability = probability
-        self.seed = seed
+    def __init__(self, settings: SAMSettings | None = None, total_steps: int | None = None, seed: int = 0):
+        super().__init__(settings, total_steps, seed)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def decide(self, t: int, x: float | None) -> bool:
-        return torch.rand((), generator=self.generator).item() < self.probability
+        return torch.rand((), generator=self.generator).item() < self.settings.sam_probability
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -120,23 +127,19 @@ class RandomPolicy(SAMPolicy):
 
 
 class PeriodicPolicy(SAMPolicy):
-    """SAM when `t % interval == 0`, so the first step is a SAM step."""
+    """SAM when `t % sam_interval == 0`, so the first step is a SAM step."""
 
-    name = SAMPolicyName.PERIODIC
-    hparams = ("interval",)
-
-    def __init__(self, interval: int = DEFAULTS.interval):
-        check("interval", interval)
-        self.interval = interval
+    name = "periodic"
+    uses = ("sam_interval",)
 
     def decide(self, t: int, x: float | None) -> bool:
-        return t % self.interval == 0
+        return t % self.settings.sam_interval == 0
 
 
 class LookSAMPolicy(PeriodicPolicy):
     """LookSAM (Liu et al. 2022): periodic SAM steps; the others reuse the SAM direction g_v."""
 
-    name = SAMPolicyName.LOOKSAM
+    name = "looksam"
     reuses_direction = True
 
 
@@ -183,19 +186,21 @@ class AdaptivePolicy(SAMPolicy):
     """AE-SAM (Jiang et al., ICLR 2023): SAM when ||g||² is large for its running distribution.
 
     ```
-    mu  = delta * mu  + (1 - delta) * x
-    var = delta * var + (1 - delta) * (x - mu)**2      # with the new mu (docs/algorithm.md)
-    c_t = (t / T) * lambda1 + (1 - t / T) * lambda2
+    mu  = delta * mu  + (1 - delta) * x                 # delta: aesam_delta
+    var = delta * var + (1 - delta) * (x - mu)**2       # with the new mu (docs/algorithm.md)
+    c_t = (t / T) * lambda1 + (1 - t / T) * lambda2     # aesam_lambda1, aesam_lambda2
     SAM iff x >= mu + c_t * sqrt(var)
     ```
 
-    With a `budget` b (the project's extension), the threshold becomes mu + (c_t + s + k * E_t) * sigma: s makes the
-    normal model expect a fraction b of SAM steps, and E_t, the SAM steps taken so far minus those expected, corrects
-    for the distance between x's real distribution and the normal one, so the run's fraction lands on b.
+    With a budget b (`aesam_budget`, the project's extension), the threshold becomes mu + (c_t + s + k * E_t) * sigma:
+    s makes the normal model expect a fraction b of SAM steps, and E_t, the SAM steps taken so far minus those
+    expected, corrects for the distance between x's real distribution and the normal one, so the run's fraction lands
+    on b.
     """
 
-    name = SAMPolicyName.AESAM
-    hparams = ("delta", "lambda1", "lambda2", "total_steps", "budget")
+    name = "aesam"
+    uses = ("aesam_delta", "aesam_lambda1", "aesam_lambda2", "aesam_budget")
+    needs_total_steps = True
     uses_grad_norm = True
     # [choice] start values as far as known the paper's: mu = 0, var = 1e-10, no bias correction.
     INITIAL_MU: ClassVar[float] = 0.0
@@ -208,55 +213,46 @@ class AdaptivePolicy(SAMPolicy):
     # fraction was off by up to 0.2, at 20 by up to 0.1).
     MIN_BUDGET_STEPS: ClassVar[int] = 60
 
-    def __init__(
-        self,
-        delta: float = DEFAULTS.delta,
-        lambda1: float = DEFAULTS.lambda1,
-        lambda2: float = DEFAULTS.lambda2,
-        total_steps: int | None = None,
-        budget: float | None = DEFAULTS.budget,
-    ):
-        check("delta", delta)
-        check("lambda1", lambda1)
-        check("lambda2", lambda2)
-        check("budget", budget)
-        check_total_steps(total_steps)
-        if lambda1 > lambda2:
+    def __init__(self, settings: SAMSettings | None = None, total_steps: int | None = None, seed: int = 0):
+        super().__init__(settings, total_steps, seed)
+        s = self.settings
+        if s.aesam_lambda1 > s.aesam_lambda2:
             # Valid, but not the paper's schedule: c_t then rises, so SAM steps get rarer as training goes on.
             warnings.warn(
-                f"`lambda1` ({lambda1}) > `lambda2` ({lambda2}): the threshold coefficient c_t rises from lambda2 to "
-                "lambda1 over training, so SAM steps become rarer late in training, the opposite of AE-SAM's schedule.",
+                f"`aesam_lambda1` ({s.aesam_lambda1}) > `aesam_lambda2` ({s.aesam_lambda2}): the threshold coefficient "
+                "c_t rises from lambda2 to lambda1 over training, so SAM steps become rarer late in training, the "
+                "opposite of AE-SAM's schedule.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        if budget is not None and total_steps < self.MIN_BUDGET_STEPS:
+        if s.aesam_budget is not None and total_steps < self.MIN_BUDGET_STEPS:
             warnings.warn(
-                f"`budget` ({budget}) over a run of {total_steps} steps: the correction that lands the run's fraction "
-                f"within 0.03 of the budget needs about {self.MIN_BUDGET_STEPS} steps, and a short run can end far from "
-                "it (up to 0.2 at 10 steps).",
+                f"`aesam_budget` ({s.aesam_budget}) over a run of {total_steps} steps: the correction that lands the "
+                f"run's fraction within 0.03 of the budget needs about {self.MIN_BUDGET_STEPS} steps, and a short run "
+                "can end far from it (up to 0.2 at 10 steps).",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        self.delta = delta
-        self.lambda1 = lambda1
-        self.lambda2 = lambda2
-        self.total_steps = total_steps
-        self.budget = budget
-        self.shift = 0.0 if budget is None else budget_shift(lambda1, lambda2, budget, total_steps)
+        self.shift = _shift(s, total_steps)
         self.excess = 0.0  # budget: SAM steps taken minus those the normal model expected (checkpointed)
         self.mu = self.INITIAL_MU
         self.var = self.INITIAL_VAR
         self._last: dict[str, float] = {}
 
+    def schedule(self, t: int) -> float:
+        """c_t + s: the paper's schedule, shifted for the budget when there is one."""
+        s = self.settings
+        return threshold_schedule(t, self.total_steps, s.aesam_lambda1, s.aesam_lambda2) + self.shift
+
     def threshold_c(self, t: int) -> float:
         """c_t, shifted and corrected for the budget when there is one."""
-        c = threshold_schedule(t, self.total_steps, self.lambda1, self.lambda2) + self.shift
-        return c if self.budget is None else c + self.BUDGET_GAIN * self.excess
+        c = self.schedule(t)
+        return c if self.settings.aesam_budget is None else c + self.BUDGET_GAIN * self.excess
 
     def decide(self, t: int, x: float | None) -> bool:
         if x is None:
             raise ValueError("AdaptivePolicy.decide needs `x` = ||g||² of the step; got None.")
-        d = self.delta
+        d = self.settings.aesam_delta
         # Python floats are float64: the statistics do not lose precision over long runs.
         self.mu = d * self.mu + (1.0 - d) * x
         self.var = d * self.var + (1.0 - d) * (x - self.mu) ** 2
@@ -265,9 +261,8 @@ class AdaptivePolicy(SAMPolicy):
         threshold = self.mu + c * sigma
         is_sam = x >= threshold
         self._last = {"mu": self.mu, "sigma": sigma, "threshold_c": c, "threshold": threshold}
-        if self.budget is not None:
-            expected = normal_tail(threshold_schedule(t, self.total_steps, self.lambda1, self.lambda2) + self.shift)
-            self.excess += float(is_sam) - expected
+        if self.settings.aesam_budget is not None:
+            self.excess += float(is_sam) - normal_tail(self.schedule(t))
             self._last["budget_excess"] = self.excess
         return is_sam
 
@@ -292,7 +287,7 @@ class AdaptivePolicy(SAMPolicy):
 class AELookSAMPolicy(AdaptivePolicy):
     """AE-LookSAM: the adaptive rule; non-SAM steps reuse the SAM direction g_v as in LookSAM."""
 
-    name = SAMPolicyName.AELOOKSAM
+    name = "aelooksam"
     reuses_direction = True
 
 
@@ -302,54 +297,86 @@ class ScheduledRandomPolicy(RandomPolicy):
     The control that separates *when* from *which*: AE-SAM's threshold falls from lambda2 to lambda1, so its SAM steps
     pile up late in training; this policy takes as many, at the same times on average, but chosen without looking at
     x, so it needs no host sync to decide (a SAM step reads one value, the SAM gradient's finiteness check). With a
-    `budget`, s is the same shift as AE-SAM's (`budget_shift`), and the run's fraction is the budget on average: the
+    budget, s is the same shift as AE-SAM's (`budget_shift`), and the run's fraction is the budget on average: the
     draws are independent, so on T steps it spreads by about sqrt(b (1 - b) / T).
     """
 
-    name = SAMPolicyName.SCHEDULED
-    hparams = ("lambda1", "lambda2", "total_steps", "budget", "seed")
+    name = "scheduled"
+    uses = ("aesam_lambda1", "aesam_lambda2", "aesam_budget")
+    needs_total_steps = True
 
-    def __init__(
-        self,
-        lambda1: float = DEFAULTS.lambda1,
-        lambda2: float = DEFAULTS.lambda2,
-        total_steps: int | None = None,
-        budget: float | None = DEFAULTS.budget,
-        seed: int = 0,
-    ):
-        check("lambda1", lambda1)
-        check("lambda2", lambda2)
-        check("budget", budget)
-        check_total_steps(total_steps)
-        super().__init__(probability=DEFAULTS.probability, seed=seed)
-        self.lambda1, self.lambda2, self.total_steps, self.budget = lambda1, lambda2, total_steps, budget
-        self.shift = 0.0 if budget is None else budget_shift(lambda1, lambda2, budget, total_steps)
+    def __init__(self, settings: SAMSettings | None = None, total_steps: int | None = None, seed: int = 0):
+        super().__init__(settings, total_steps, seed)
+        self.shift = _shift(self.settings, total_steps)
 
     def rate(self, t: int) -> float:
-        return normal_tail(threshold_schedule(t, self.total_steps, self.lambda1, self.lambda2) + self.shift)
+        s = self.settings
+        return normal_tail(threshold_schedule(t, self.total_steps, s.aesam_lambda1, s.aesam_lambda2) + self.shift)
 
     def decide(self, t: int, x: float | None) -> bool:
         return torch.rand((), generator=self.generator).item() < self.rate(t)
 
 
-# The registry: CLI name -> class. A literal dict, not a plugin system; tests iterate over it.
-POLICIES: dict[SAMPolicyName, type[SAMPolicy]] = {
-    SAMPolicyName.ERM: ERMPolicy,
-    SAMPolicyName.SAM: SAMAlwaysPolicy,
-    SAMPolicyName.RANDOM: RandomPolicy,
-    SAMPolicyName.PERIODIC: PeriodicPolicy,
-    SAMPolicyName.LOOKSAM: LookSAMPolicy,
-    SAMPolicyName.AESAM: AdaptivePolicy,
-    SAMPolicyName.AELOOKSAM: AELookSAMPolicy,
-    SAMPolicyName.SCHEDULED: ScheduledRandomPolicy,
-}
+def _shift(settings: SAMSettings, total_steps: int) -> float:
+    if settings.aesam_budget is None:
+        return 0.0
+    return budget_shift(settings.aesam_lambda1, settings.aesam_lambda2, settings.aesam_budget, total_steps)
 
 
-def make_policy(name: str | SAMPolicyName, **hparams: Any) -> SAMPolicy:
-    """Build the policy `name` from the keyword arguments it declares in `hparams`; the others are ignored.
+# The registry: every policy, in the order the help texts list them. A literal tuple, not a plugin system; the name
+# enum, the lookup dict, the command line and the tests all derive from it.
+POLICY_CLASSES: tuple[type[SAMPolicy], ...] = (
+    ERMPolicy,
+    SAMAlwaysPolicy,
+    RandomPolicy,
+    PeriodicPolicy,
+    LookSAMPolicy,
+    AdaptivePolicy,
+    AELookSAMPolicy,
+    ScheduledRandomPolicy,
+)
 
-    Callers can then pass one set of values (`total_steps`, `seed`, `interval`, ...) whatever the policy; what is not
-    given takes the policy's own default (`aesam_hf.hparams.DEFAULTS`).
+
+class _PolicyName(str, Enum):
+    @classmethod
+    def _missing_(cls, value: object):
+        names = [m.value for m in cls]
+        close = difflib.get_close_matches(str(value), names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{value!r} is not a SAM policy; choose one of {names}.{hint}")
+
+
+# The policy names, spelled exactly as on the command line (`SAMPolicyName.AESAM == "aesam"`).
+SAMPolicyName = _PolicyName("SAMPolicyName", [(cls.name.upper(), cls.name) for cls in POLICY_CLASSES])
+POLICIES: dict[SAMPolicyName, type[SAMPolicy]] = {SAMPolicyName(cls.name): cls for cls in POLICY_CLASSES}
+
+
+def make_policy(
+    name: str,
+    settings: SAMSettings | None = None,
+    total_steps: int | None = None,
+    seed: int = 0,
+    **values: Any,
+) -> SAMPolicy:
+    """Build the policy `name` from a `SAMSettings` record, or from setting values given by name.
+
+    `make_policy("aesam", total_steps=T, sam_rho=0.1, aesam_delta=0.8)` builds the record from the values (a name
+    that is not a setting is an error, a setting this policy does not read a warning); the Trainer passes its config,
+    which is a `SAMSettings`. `total_steps` (T) is required by the policies whose schedule needs it.
     """
     cls = POLICIES[SAMPolicyName(name)]
-    return cls(**{k: v for k, v in hparams.items() if k in cls.hparams})
+    if values:
+        unknown = sorted(set(values) - set(SETTINGS))
+        if unknown:
+            close = {u: difflib.get_close_matches(u, SETTINGS, n=1) for u in unknown}
+            hints = "; ".join(f"did you mean {c[0]!r} for {u!r}?" for u, c in close.items() if c)
+            raise ValueError(
+                f"{unknown} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of the SAM policies; "
+                f"the settings are {list(SETTINGS)}." + (f" ({hints})" if hints else "")
+            )
+        ignored = [k for k in values if k not in cls.used_settings() and values[k] != DEFAULTS[k]]
+        if ignored:
+            warnings.warn(f"{ignored} have no effect under the {cls.name!r} policy.", UserWarning, stacklevel=2)
+        base = {n: getattr(settings, n) for n in SETTINGS} if settings is not None else {}
+        settings = SAMSettings(**{**base, **values})
+    return cls(settings, total_steps=total_steps, seed=seed)

@@ -24,8 +24,9 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 from transformers.utils import logging
 
+from .backends import fsdp_fallback_warning, refuse_sharded_backend, requested_fsdp_version
 from .checkpoint import find_state, resume, state_name
-from .config import AESAMConfig, fsdp_fallback_warning, refuse_sharded_backend, requested_fsdp_version
+from .config import AESAMConfig
 from .controller import SAMController, StepRecord
 from .metrics import summarize_steps, unrecorded
 from .model_card import add_card_section, card_section
@@ -108,9 +109,9 @@ class AESAMTrainerMixin:
             # FSDP2 asked for, but Accelerate runs FSDP on accelerators only: on CPUs it quietly runs DDP.
             logger.warning(fsdp_fallback_warning(self.accelerator.distributed_type))
         # A launcher (torchrun, `accelerate launch`) started several processes, but transformers set up none of them
-        # for data parallelism: without accelerators it joins the gloo group only with `use_cpu`, which AESAMConfig
-        # sets by itself unless told otherwise. Each rank would then train its own copy on the full data and
-        # overwrite the others' checkpoints; the stock Trainer only warns.
+        # for data parallelism: without accelerators it joins the gloo group only with `use_cpu` (AESAMConfig refuses
+        # the common case already; this is e.g. ACCELERATE_USE_CPU=false). Each rank would then train its own copy on
+        # the full data and overwrite the others' checkpoints; the stock Trainer only warns.
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and self.args.world_size == 1:
             flag = os.environ.get("ACCELERATE_USE_CPU")
             raise ValueError(
@@ -123,13 +124,14 @@ class AESAMTrainerMixin:
         if in_gloo_group():
             destroy_gloo_group_at_exit()  # torch 2.13's gloo teardown abort: `aesam_hf.teardown`
         if (
-            "total_steps" in POLICIES[self.args.sam_policy].hparams
+            self.args.sam_policy is not None
+            and POLICIES[self.args.sam_policy].needs_total_steps
             and self.args.max_steps <= 0
             and self.train_dataset is not None
             and not has_length(self.train_dataset)
         ):
             raise ValueError(
-                f"`max_steps` ({self.args.max_steps}) must be > 0 for `optim` {self.args.optim!r}: its threshold "
+                f"`max_steps` ({self.args.max_steps}) must be > 0 for `optim` {self.args.sam_policy.value!r}: its threshold "
                 "schedule needs the total number of steps, and the training dataset has no length."
             )
         self._sam_controller: SAMController | None = None
@@ -140,7 +142,7 @@ class AESAMTrainerMixin:
         self._sam_micro_batches: list[tuple[Any, Any, Any]] = []  # (inputs, num_items_in_batch, RNG state)
         self._sam_records: list[StepRecord] = []  # the steps since the last log
         self.add_callback(_SAMCallback(self))
-        if hasattr(self.model, "add_model_tags"):
+        if self.args.sam_policy is not None and hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._sam_model_tags)
 
     def _sam_paired_args(self, args: Any) -> Any:
@@ -172,31 +174,17 @@ class AESAMTrainerMixin:
     def _sam_model_tags(self) -> list[str]:
         return self._tag_names + [f"sam-policy-{self.args.sam_policy.value}"]
 
-    # ---- optimizer: the stock one named by `sam_base_optim` ----
-
-    @staticmethod
-    def get_optimizer_cls_and_kwargs(args, model=None):
-        # The stock handlers look the optimizer up by `args.optim`: show them the one that takes the steps.
-        if not isinstance(args, AESAMConfig):
-            return Trainer.get_optimizer_cls_and_kwargs(args, model)
-        with args.stock_optim():
-            return Trainer.get_optimizer_cls_and_kwargs(args, model)
-
     # ---- the step ----
 
     def _sam_begin_training(self, max_steps: int, global_step: int) -> None:
-        args, hp = self.args, self.args.sam_hparams
-        policy = make_policy(args.sam_policy, total_steps=max_steps, seed=args.seed, **hp)
+        args = self.args
+        if args.sam_policy is None:
+            return  # a stock optimizer name: exactly the stock Trainer, nothing of ours runs
+        # The config is the settings record: the policy and the controller read `sam_rho`, ... from it by name.
+        policy = make_policy(args.sam_policy, settings=args, total_steps=max_steps, seed=args.seed)
         # Built now, from the parameters as they are after the Trainer prepared the model: under FSDP2 `fully_shard`
         # has replaced them with DTensors by then (a controller built before would hold the replaced ones).
-        self._sam_controller = SAMController(
-            self.model.parameters(),
-            policy,
-            rho=hp["rho"],
-            adaptive=hp["adaptive"],
-            looksam_alpha=hp["looksam_alpha"],
-            broadcast_grad_norm=args.world_size > 1,
-        )
+        self._sam_controller = SAMController(self.model.parameters(), policy, broadcast_grad_norm=args.world_size > 1)
         checkpoint, self._sam_resume_from = self._sam_resume_from, None
         # The file depends on the controller's sharding (one per rank under FSDP2), known only now.
         found = None if checkpoint is None else find_state(checkpoint, self._sam_controller)
@@ -300,7 +288,7 @@ class AESAMTrainerMixin:
             return
         raise FloatingPointError(
             f"The weights after optimizer step {controller.t} are not finite, so {consequence}: a gradient with "
-            f"inf/NaN reached the optimizer on a step the {controller.policy.name.value!r} policy did not check (its "
+            f"inf/NaN reached the optimizer on a step the {controller.policy.name!r} policy did not check (its "
             "non-SAM steps are plain ERM steps, as in the stock Trainer). " + self._sam_resume_hint()
         )
 
@@ -407,6 +395,8 @@ class AESAMTrainerMixin:
     # ---- model card ----
 
     def create_model_card(self, *args, tags: str | list[str] | None = None, **kwargs) -> None:
+        if self.args.sam_policy is None:
+            return super().create_model_card(*args, tags=tags, **kwargs)  # a stock optimizer name: the stock card
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         for tag in self._sam_model_tags:
             if tag not in tags:

@@ -84,8 +84,9 @@ def test_accelerate_configs_load(name, distributed_type, num_processes, mixed_pr
 
 
 @pytest.mark.distributed
-def test_accelerate_launch_with_the_multi_cpu_yaml_alone_forms_two_ranks(tmp_path):
-    # No `--use_cpu`: the yaml's `use_cpu: true` does not reach the workers, AESAMConfig infers it.
+def test_accelerate_launch_with_the_multi_cpu_yaml_and_no_use_cpu_is_refused_before_training(tmp_path):
+    # The yaml's `use_cpu: true` does not reach the workers. AESAMConfig does not rewrite `use_cpu` behind the user's
+    # back: it stops before any model is built and says what to add (with `--use_cpu` the other tests form 2 ranks).
     args = [a for a in TRAIN_ARGS if a != "--use_cpu"] + [
         "--output_dir",
         tmp_path,
@@ -95,12 +96,10 @@ def test_accelerate_launch_with_the_multi_cpu_yaml_alone_forms_two_ranks(tmp_pat
         "6",
     ]
     job = accelerate_launch(TRAIN, args, config_file=MULTI_CPU_CONFIG, timeout=120)
-    assert job.returncode == 0, job.output[-3000:]
-    ranks = load_ranks(tmp_path)
-    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
-    assert ranks[0]["logs"] == ranks[1]["logs"] and len(ranks[0]["logs"]) == 6
-    for name, p in ranks[0]["params"].items():
-        assert torch.equal(p, ranks[1]["params"][name]), name
+    assert job.returncode != 0
+    assert "`use_cpu` (False): a launcher started 2 processes" in job.output, job.output[-3000:]
+    assert "Add `--use_cpu true`" in job.output
+    assert not (tmp_path / "rank0.pt").exists()
 
 
 @pytest.mark.distributed
@@ -113,26 +112,6 @@ def test_several_processes_told_not_to_use_the_cpu_on_a_machine_without_accelera
     assert "`use_cpu` (False): 2 processes were launched" in job.output, job.output[-3000:]
     assert "add `--use_cpu true`" in job.output
     assert not (tmp_path / "rank0.pt").exists()
-
-
-def test_use_cpu_is_inferred_from_the_launch(tmp_path, monkeypatch):
-    from aesam_hf import AESAMConfig
-    from aesam_hf.config import _launcher_wants_cpu
-
-    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert _launcher_wants_cpu() is None  # one process: transformers picks the device
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
-    assert "2 processes" in _launcher_wants_cpu()
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
-    assert _launcher_wants_cpu() is None  # GPUs: each process takes one
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
-    assert _launcher_wants_cpu() is None  # said explicitly
-    monkeypatch.delenv("WORLD_SIZE")
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    assert AESAMConfig(output_dir=str(tmp_path), report_to="none").use_cpu
 
 
 FSDP_CONFIG = """\

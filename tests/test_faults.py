@@ -265,7 +265,7 @@ def test_resume_with_changed_settings_names_them(tmp_path, sam_warnings):
         assert change in sam_warnings.text
 
 
-@pytest.mark.parametrize("before", ["adamw_torch", "sam"])
+@pytest.mark.parametrize("before", ["erm", "sam"])
 def test_continue_a_run_under_another_policy(tmp_path, before, sam_warnings):
     # Finding 5d: an explicit flag, fresh statistics, counters continued.
     first, checkpoint = _train_and_checkpoint(tmp_path, optim=before)
@@ -274,9 +274,21 @@ def test_continue_a_run_under_another_policy(tmp_path, before, sam_warnings):
     resumed = get_trainer(tmp_path / "resumed", optim="aesam", max_steps=6, sam_reset_policy_on_resume=True)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     c = resumed._sam_controller
-    earlier_passes = 3 if before == "adamw_torch" else 6
-    assert c.t == 6 and c.passes == earlier_passes + 3 + (c.sam_steps - (0 if before == "adamw_torch" else 3))
+    earlier_passes = 3 if before == "erm" else 6
+    assert c.t == 6 and c.passes == earlier_passes + 3 + (c.sam_steps - (0 if before == "erm" else 3))
     assert "with fresh statistics" in sam_warnings.text
+
+
+def test_continue_a_stock_run_under_a_policy(tmp_path, sam_warnings):
+    # A stock optimizer name is the stock Trainer: its checkpoints hold no SAM state, and a run continued under a
+    # policy counts the earlier steps as plain ERM steps, as for any stock checkpoint.
+    _, checkpoint = _train_and_checkpoint(tmp_path, optim="adamw_torch")
+    assert not (checkpoint / SAM_STATE_NAME).exists()
+    resumed = get_trainer(tmp_path / "resumed", optim="aesam", max_steps=6)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    c = resumed._sam_controller
+    assert c.t == 6 and c.passes == 3 + 3 + c.sam_steps
+    assert "holds no sam_state.pt" in sam_warnings.text
 
 
 @pytest.mark.parametrize(
@@ -327,9 +339,9 @@ def test_model_card_names_the_optimizer_used(tmp_path, how):
 
 def test_a_rising_threshold_schedule_warns():
     # Finding 9: valid, but the opposite of the paper's schedule.
-    with pytest.warns(UserWarning, match="`lambda1` \\(2.0\\) > `lambda2` \\(1.0\\)"):
-        make_policy("aesam", total_steps=10, lambda1=2.0, lambda2=1.0)
-    assert math.isfinite(make_policy("aesam", total_steps=10).lambda1)
+    with pytest.warns(UserWarning, match="`aesam_lambda1` \\(2.0\\) > `aesam_lambda2` \\(1.0\\)"):
+        make_policy("aesam", total_steps=10, aesam_lambda1=2.0, aesam_lambda2=1.0)
+    assert math.isfinite(make_policy("aesam", total_steps=10).settings.aesam_lambda1)
 
 
 def test_a_first_pass_nan_under_a_policy_that_does_not_read_x_is_blamed_on_the_first_pass(tmp_path):

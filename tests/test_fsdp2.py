@@ -167,7 +167,7 @@ def test_unsharded_and_sharded_states_do_not_mix():
         model = make_model()
         if sharded:
             shard(model)
-        sam = SAMController(model.parameters(), make_policy("looksam", interval=2), rho=0.1)
+        sam = SAMController(model.parameters(), make_policy("looksam", sam_interval=2, sam_rho=0.1))
         nn.functional.mse_loss(model(torch.ones(2, 6)), torch.zeros(2, 1)).backward()
         assert sam.maybe_perturb()
         nn.functional.mse_loss(model(torch.ones(2, 6)), torch.zeros(2, 1)).backward()

@@ -11,11 +11,10 @@ from aesam_hf.policies import (
     AdaptivePolicy,
     AELookSAMPolicy,
     PeriodicPolicy,
-    RandomPolicy,
     SAMPolicyName,
-    ScheduledRandomPolicy,
     make_policy,
 )
+from aesam_hf.settings import SAMSettings
 
 
 def _xs(n: int = 200, seed: int = 0) -> list[float]:
@@ -53,23 +52,23 @@ def test_unknown_policy_lists_the_allowed_names():
 
 def test_periodic_and_looksam_fire_exactly_at_multiples_of_k():
     for cls in (PeriodicPolicy, POLICIES[SAMPolicyName.LOOKSAM]):
-        policy = cls(interval=4)
+        policy = cls(SAMSettings(sam_interval=4))
         assert [t for t in range(20) if policy.decide(t, None)] == [0, 4, 8, 12, 16]
 
 
 def test_random_policy_is_the_seeded_bernoulli_sequence():
-    policy = RandomPolicy(probability=0.3, seed=11)
+    policy = make_policy("random", seed=11, sam_probability=0.3)
     decisions = [policy.decide(t, None) for t in range(500)]
     gen = torch.Generator().manual_seed(11)
     assert decisions == [torch.rand((), generator=gen).item() < 0.3 for _ in range(500)]
-    assert decisions != [RandomPolicy(0.3, seed=12).decide(t, None) for t in range(500)]
+    assert decisions != [make_policy("random", seed=12, sam_probability=0.3).decide(t, None) for t in range(500)]
     assert 0.22 < sum(decisions) / 500 < 0.38
 
 
 @pytest.mark.parametrize("cls", [AdaptivePolicy, AELookSAMPolicy])
 def test_adaptive_rule_matches_the_spec_formulas(cls):
     T = 300
-    policy = cls(delta=0.8, lambda1=-0.5, lambda2=1.5, total_steps=T)
+    policy = cls(SAMSettings(aesam_delta=0.8, aesam_lambda1=-0.5, aesam_lambda2=1.5), total_steps=T)
     mu, var = 0.0, 1e-10
     for t, x in enumerate(_xs(T, seed=1)):
         mu = 0.8 * mu + 0.2 * x
@@ -114,14 +113,14 @@ def _stream(kind: str, n: int, seed: int) -> list[float]:
 @pytest.mark.parametrize("cls", [AdaptivePolicy, AELookSAMPolicy])
 def test_budget_lands_the_run_fraction_within_003_of_the_target(cls, budget, kind):
     for steps in (60, 400, 2000):
-        policy = cls(total_steps=steps, budget=budget)
+        policy = cls(SAMSettings(aesam_budget=budget), total_steps=steps)
         decisions = [policy.decide(t, x) for t, x in enumerate(_stream(kind, steps, seed=steps))]
         assert abs(sum(decisions) / steps - budget) <= 0.03 + 1e-9, (steps, sum(decisions) / steps)
 
 
 def test_without_a_budget_the_paper_schedule_is_unchanged():
     xs = _xs(300, seed=4)
-    plain, off = AdaptivePolicy(total_steps=300), AdaptivePolicy(total_steps=300, budget=None)
+    plain, off = AdaptivePolicy(total_steps=300), make_policy("aesam", total_steps=300, aesam_budget=None)
     assert [plain.decide(t, x) for t, x in enumerate(xs)] == [off.decide(t, x) for t, x in enumerate(xs)]
     assert off.shift == 0.0 and off.excess == 0.0
 
@@ -129,7 +128,7 @@ def test_without_a_budget_the_paper_schedule_is_unchanged():
 def test_budget_keeps_choosing_steps_by_x():
     # Same budget, same times: the steps AE-SAM picks have larger x than those it skips.
     xs = _stream("lognormal", 2000, seed=1)
-    policy = AdaptivePolicy(total_steps=2000, budget=0.3)
+    policy = make_policy("aesam", total_steps=2000, aesam_budget=0.3)
     picked = [(policy.decide(t, x), x) for t, x in enumerate(xs)]
     sam = [x for s, x in picked if s]
     erm = [x for s, x in picked if not s]
@@ -141,7 +140,7 @@ def test_scheduled_random_draws_at_aesam_expected_rate(budget):
     from aesam_hf.policies import normal_tail, threshold_schedule
 
     steps = 4000
-    policy = ScheduledRandomPolicy(total_steps=steps, budget=budget, seed=5)
+    policy = make_policy("scheduled", total_steps=steps, seed=5, aesam_budget=budget)
     gen = torch.Generator().manual_seed(5)
     expected = [torch.rand((), generator=gen).item() < policy.rate(t) for t in range(steps)]
     decisions = [policy.decide(t, None) for t in range(steps)]
@@ -160,10 +159,10 @@ def test_scheduled_random_draws_at_aesam_expected_rate(budget):
 def test_scheduled_expects_exactly_the_budget_on_a_run_of_any_length(steps, budget):
     # Its rate is solved on the steps the run decides at (t = 0 .. T - 1): at T = 10 and a budget of 0.3 the shift
     # solved on the continuous schedule made it draw 0.271 on average.
-    policy = ScheduledRandomPolicy(total_steps=steps, budget=budget)
+    policy = make_policy("scheduled", total_steps=steps, aesam_budget=budget)
     assert sum(policy.rate(t) for t in range(steps)) / steps == pytest.approx(budget, abs=1e-6)
 
 
 def test_a_budget_over_a_short_run_warns_that_it_cannot_be_held():
     with pytest.warns(UserWarning, match="needs about 60 steps"):
-        AdaptivePolicy(total_steps=20, budget=0.3)
+        make_policy("aesam", total_steps=20, aesam_budget=0.3)

@@ -33,7 +33,7 @@ POLICY_ARGS = {
     SAMPolicyName.PERIODIC: {"sam_interval": 2},
     SAMPolicyName.LOOKSAM: {"sam_interval": 2},
 }
-BUDGETED = [name for name, cls in POLICIES.items() if "budget" in cls.hparams]
+BUDGETED = [name for name, cls in POLICIES.items() if "aesam_budget" in cls.uses]
 READS_X = {name.value for name, cls in POLICIES.items() if cls.uses_grad_norm}
 
 

@@ -94,7 +94,7 @@ def test_controller_restores_the_weights_bit_for_bit():
     model = _model()
     x, y = torch.randn(16, 4), torch.randn(16)
     before = [p.detach().clone() for p in model.parameters()]
-    sam = SAMController(model.parameters(), make_policy("sam"), rho=0.5)
+    sam = SAMController(model.parameters(), make_policy("sam", sam_rho=0.5))
     _loss(model, x, y).backward()
     assert sam.maybe_perturb()
     assert all(p.grad is None for p in model.parameters())
@@ -110,7 +110,7 @@ def test_controller_sam_step_equals_a_hand_written_one():
     model, ref = _model(), _model()
     x, y = torch.randn(16, 4), torch.randn(16)
     rho = 0.1
-    sam = SAMController(model.parameters(), make_policy("sam"), rho=rho)
+    sam = SAMController(model.parameters(), make_policy("sam", sam_rho=rho))
     _loss(model, x, y).backward()
     sam.maybe_perturb()
     _loss(model, x, y).backward()
@@ -142,7 +142,9 @@ def test_erm_policy_leaves_the_gradient_alone_without_a_host_sync():
 def test_aelooksam_before_any_sam_step_is_plain_erm():
     model = _model()
     # A threshold far above any x: no SAM step, hence no g_v, hence nothing added to g.
-    sam = SAMController(model.parameters(), make_policy("aelooksam", total_steps=10, lambda1=50.0, lambda2=50.0))
+    sam = SAMController(
+        model.parameters(), make_policy("aelooksam", total_steps=10, aesam_lambda1=50.0, aesam_lambda2=50.0)
+    )
     for _ in range(3):
         model.zero_grad()
         _loss(model, torch.randn(8, 4), torch.randn(8)).backward()
@@ -241,8 +243,8 @@ def test_fp16_overflow_in_the_second_pass_is_an_overflow_step():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     # c_t = -5: every step is a SAM step, while mu and var still move.
-    policy = make_policy("aelooksam", total_steps=10, lambda1=-5.0, lambda2=-5.0)
-    sam = SAMController(model.parameters(), policy, rho=0.1)
+    policy = make_policy("aelooksam", total_steps=10, aesam_lambda1=-5.0, aesam_lambda2=-5.0, sam_rho=0.1)
+    sam = SAMController(model.parameters(), policy)
     x, y = torch.randn(8, 4), torch.randn(8)
 
     def step(plant_second_pass: bool):
@@ -276,7 +278,7 @@ def test_fp16_overflow_in_the_second_pass_is_an_overflow_step():
 def test_abort_restores_the_weights_after_a_failed_second_pass():
     model = _model()
     before = [p.detach().clone() for p in model.parameters()]
-    sam = SAMController(model.parameters(), make_policy("sam"), rho=1.0)
+    sam = SAMController(model.parameters(), make_policy("sam", sam_rho=1.0))
     _loss(model, torch.randn(8, 4), torch.randn(8)).backward()
     assert sam.maybe_perturb()
     sam.abort()

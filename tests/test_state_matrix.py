@@ -45,7 +45,7 @@ def saved_states(tmp_path_factory) -> dict[str, tuple[str, dict]]:
 
 def _controller(run: str) -> SAMController:
     kwargs = RUNS[run]
-    policy = make_policy(kwargs["optim"], total_steps=STEPS, seed=42, budget=kwargs.get("aesam_budget"))
+    policy = make_policy(kwargs["optim"], total_steps=STEPS, seed=42, aesam_budget=kwargs.get("aesam_budget"))
     return SAMController(MLPRegressionModel().parameters(), policy)
 
 

@@ -359,7 +359,7 @@ def test_trainer_rejects_wrong_args_and_unknown_length(tmp_path):
 def test_default_args_are_aesam(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trainer = AESAMTrainer(model=MLPRegressionModel(), train_dataset=RegressionDataset(length=8, dim=4))
-    assert trainer.args.optim == "aesam" and trainer.args.sam_base_optim == "adamw_torch"
+    assert trainer.args.sam_policy == "aesam" and trainer.args.optim == "adamw_torch"
 
 
 def test_sam_metrics_reach_tensorboard(tmp_path):
@@ -388,7 +388,8 @@ def test_sam_metrics_reach_tensorboard(tmp_path):
 
 @pytest.mark.parametrize("optim", ["erm", "adamw_torch"])
 def test_erm_measures_nothing_and_the_gradient_reaches_the_optimizer_untouched(tmp_path, optim, monkeypatch):
-    # ERM must cost nothing beyond the stock step: no norm, no host sync, no cached micro-batches.
+    # ERM must cost nothing beyond the stock step: no norm, no host sync, no cached micro-batches. A stock optimizer
+    # name is exactly the stock Trainer: no controller, and nothing of ours in the logs.
     import aesam_hf.controller
 
     def forbidden(*args, **kwargs):
@@ -398,6 +399,10 @@ def test_erm_measures_nothing_and_the_gradient_reaches_the_optimizer_untouched(t
     trainer = get_trainer(tmp_path, optim=optim, max_steps=3)
     trainer.train()
     assert trainer._sam_micro_batches == []
+    if optim == "adamw_torch":
+        assert trainer._sam_controller is None
+        assert not any(k.startswith("sam/") for h in trainer.state.log_history for k in h)
+        return
     logs = sam_logs(trainer)
     assert [h["sam/fraction"] for h in logs] == [0.0, 0.0, 0.0]
     assert all("sam/grad_norm_sq" not in h for h in logs)
@@ -446,7 +451,7 @@ def test_policy_stats_are_logged_generically(tmp_path, monkeypatch):
 def test_import_fails_loudly_if_the_checkpoint_hooks_are_gone():
     # The SAM state rides on two private Trainer hooks (docs/architecture.md, "Checkpoints"): a transformers release
     # without them must stop the import, not silently drop sam_state.pt from every checkpoint.
-    code = "import transformers; del transformers.Trainer._load_optimizer_and_scheduler; import aesam_hf"
+    code = "import transformers; del transformers.Trainer._load_optimizer_and_scheduler; import aesam_hf.trainer"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "ImportError" in out.stderr and "_load_optimizer_and_scheduler" in out.stderr

@@ -127,7 +127,7 @@ def test_config_keeps_every_trl_default_but_optim(tmp_path, name):
         if getattr(ours, f.name) != getattr(stock, f.name)
     }
     assert set(differ) == {"optim"}, differ
-    assert ours.optim == "aesam" and ours.sam_base_optim == "adamw_torch"
+    assert ours.sam_policy == "aesam" and ours.optim == "adamw_torch"
 
 
 @needs_trl
@@ -169,10 +169,10 @@ def test_the_factory_serves_another_trl_trainer(tmp_path):
     assert trainer_class.aesam_config_class is config_class
     args = config_class(output_dir=str(tmp_path), use_cpu=True, optim="sam")
     assert args.learning_rate == KTOConfig(output_dir=str(tmp_path), use_cpu=True).learning_rate
-    assert args.optim == "sam" and args.desirable_weight == 1.0
+    assert args.sam_policy == "sam" and args.desirable_weight == 1.0
     globals()["AESAMKTOConfig"] = config_class  # pickle finds the class by module and name
     try:
-        assert pickle.loads(pickle.dumps(args)).optim == "sam"
+        assert pickle.loads(pickle.dumps(args)).sam_policy == "sam"
     finally:
         del globals()["AESAMKTOConfig"]
     with pytest.raises(TypeError, match="config_class"):
@@ -253,7 +253,7 @@ def test_metrics_in_a_logging_window_are_one_per_step(tmp_path):
     class Counting(AESAMSFTTrainer):
         def log(self, logs, *args, **kwargs):
             if "loss" in logs and "train_runtime" not in logs:
-                counts.setdefault(self.args.optim, []).append(len(self._metrics["train"]["entropy"]))
+                counts.setdefault(self.args.sam_policy.value, []).append(len(self._metrics["train"]["entropy"]))
             super().log(logs, *args, **kwargs)
 
     window = dict(steps=6, logging_steps=3, gradient_accumulation_steps=2, per_device_train_batch_size=2)
@@ -273,4 +273,4 @@ def test_a_plain_aesam_config_is_converted_keeping_its_values(tmp_path):
     train = Dataset.from_dict({"text": sentences(8, seed=0)})
     trainer = AESAMSFTTrainer(model=tiny_llama(), args=args, train_dataset=train, processing_class=tiny_tokenizer())
     assert isinstance(trainer.args, AESAMSFTConfig)
-    assert (trainer.args.optim, trainer.args.sam_rho, trainer.args.learning_rate) == ("sam", 0.2, 5e-5)
+    assert (trainer.args.sam_policy, trainer.args.sam_rho, trainer.args.learning_rate) == ("sam", 0.2, 5e-5)

@@ -27,7 +27,7 @@ import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
-# Two CPU processes on this machine (DDP over gloo); AESAMConfig sets `use_cpu` by itself (see the yaml).
+# Two CPU processes on this machine (DDP over gloo); the scripts pass `--use_cpu` (see the yaml).
 MULTI_CPU_CONFIG = ACCELERATE_CONFIGS / "multi_cpu.yaml"
 
 

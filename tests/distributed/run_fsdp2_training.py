@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aesam_hf import SAMController, exit_gloo_process, make_policy
+from aesam_hf import SAMController, SAMSettings, exit_gloo_process, make_policy
 
 
 STEPS = 8
@@ -26,7 +26,7 @@ RESUME_AT = 2  # a non-SAM step of `aelooksam` here: the resumed controller's fi
 BATCH = 8  # the global batch of every step
 DIM = 6
 # mu + sigma: AE-SAM takes a SAM step on some of the 8 steps, not on all (mu lags behind a falling x).
-POLICY_ARGS = dict(total_steps=STEPS, interval=2, lambda1=1.0, lambda2=1.0)
+SETTINGS = dict(sam_interval=2, aesam_lambda1=1.0, aesam_lambda2=1.0, sam_rho=0.1)
 CASES = {
     "sam": dict(policy="sam"),
     "sam_ga2": dict(policy="sam", ga=2),
@@ -70,8 +70,8 @@ def batches() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def controller(model: nn.Module, case: dict) -> SAMController:
-    policy = make_policy(case["policy"], **POLICY_ARGS)
-    return SAMController(model.parameters(), policy, rho=0.1, adaptive=case.get("adaptive", False))
+    settings = SAMSettings(**SETTINGS, sam_adaptive=case.get("adaptive", False))
+    return SAMController(model.parameters(), make_policy(case["policy"], settings, total_steps=STEPS))
 
 
 def run_steps(model: nn.Module, optimizer, sam: SAMController, case: dict, steps: range) -> list[dict]:
