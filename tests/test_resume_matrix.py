@@ -80,7 +80,7 @@ def _trainer(output_dir, optim: str, ga: int, batches: str, budget: float | None
 def _outcome(trainer) -> dict:
     """What must not differ: every step's logged values, the final weights and the final SAM state."""
     controller = trainer._sam_controller
-    state = controller.state_dict()
+    state = controller.state_dict() if controller is not None else {"g_v": None}  # a stock name: no controller
     return {
         "logs": sam_logs(trainer),
         "weights": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
