@@ -27,7 +27,6 @@ Writes `<output_dir>/accuracy.json` (every run, the tuning, the summaries and th
 `python -m benchmarks.report` turns into `docs/benchmarks.md` and its figures.
 """
 
-import json
 import math
 import statistics
 import sys
@@ -37,8 +36,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from benchmarks.io import command_line, write_results
 from benchmarks.regimes import REGIMES, Regime
-from benchmarks.results import add_time_ratios, keep_earlier_regimes, markdown_table, provenance, summarize
+from benchmarks.results import keep_earlier_regimes, markdown_table, provenance, summarize
 from benchmarks.runner import Runner, run_jobs
 from benchmarks.stats import paired_difference
 from benchmarks.workloads import environment
@@ -106,7 +106,8 @@ class RegimeRuns:
         )
 
     def job(self, rho: float, policy: str, seed: int, flags: list[str] = (), label: str | None = None) -> tuple:
-        return self.runner(rho), (policy, seed, [*self.extra, "--sam_rho", str(rho), *flags], label)
+        data = self.regime.data_flags(seed)  # built here, before the runs start side by side
+        return self.runner(rho), (policy, seed, [*data, *self.extra, "--sam_rho", str(rho), *flags], label)
 
 
 def runs_wall_time(rows: list[dict]) -> float:
@@ -186,11 +187,10 @@ def run_regime(args: StudyArguments, regime: Regime) -> dict:
     rows += run_jobs(
         [runs.job(rho, p, s, flags, label) for p, flags, label in controls for s in args.seeds], args.workers
     )
-    add_time_ratios(rows, BASELINE)
 
     labels = list(dict.fromkeys(r["policy"] for r in rows))
     summary = summarize(rows, labels, "test_accuracy")
-    print(markdown_table(summary, "test_accuracy", BASELINE), flush=True)
+    print(markdown_table(summary, "test_accuracy"), flush=True)
     return {
         "regime": {**asdict(regime), "full": full},  # False for a regime run `core_only`
         "rho_tuning": tuning,
@@ -210,24 +210,16 @@ def run_regime(args: StudyArguments, regime: Regime) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     (args,) = HfArgumentParser(StudyArguments).parse_args_into_dataclasses(args=argv)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    study = {
-        "command": "python -m benchmarks.accuracy " + " ".join(argv),
-        "arguments": asdict(args),
-        "environment": {**environment(), "threads_per_run": args.threads, "runs_side_by_side": args.workers},
-        "regimes": {},
-    }
-    out, done = output_dir / "accuracy.json", {}
+    env = {**environment(), "threads_per_run": args.threads, "runs_side_by_side": args.workers}
+    out, done, study = Path(args.output_dir) / "accuracy.json", {}, {}
     for name in args.regimes:
-        done[name] = {**run_regime(args, REGIMES[name]), "measured_by": provenance(study["command"])}
+        done[name] = {**run_regime(args, REGIMES[name]), "measured_by": provenance(command_line("accuracy", argv))}
         # Written after every regime, so a long study can be reported on before it ends; regimes of an earlier
         # file that this invocation does not run stay in it. Its wall time counts only the runs made by this
         # invocation (reused runs cost nothing); each run's own time is in its row.
-        study["regimes"] = keep_earlier_regimes(out, done, list(REGIMES))
-        study["wall_time_s"] = time.perf_counter() - start
-        out.write_text(json.dumps(study, indent=1), encoding="utf-8")
+        regimes = keep_earlier_regimes(out, done, list(REGIMES))
+        study = write_results(out, "accuracy", argv, args, env, start, regimes=regimes)
     return study
 
 

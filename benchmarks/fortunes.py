@@ -7,20 +7,22 @@ class per topic): `run_glue.py` reads the CSVs with `--train_file/--validation_f
     python -m benchmarks.fortunes --output_dir data/fortunes          # what `make data` runs
     python -m benchmarks.fortunes --output_dir data/fortunes-noisy --label_noise 0.2
 
-Writes `train.csv`, `validation.csv` and `test.csv` with columns `sentence,label` (the label is the topic name).
+Writes `train.csv`, `validation.csv` and `test.csv` with columns `sentence,label` (the label is the topic name), and
+`spec.json`, the arguments they were built from.
 Splits are stratified by topic and drawn from `seed`; label noise touches the training split only, so validation and
 test measure the true task.
 """
 
 import csv
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from transformers import HfArgumentParser
 
 from benchmarks.data import check_label_noise, symmetric_label_noise
+from benchmarks.io import write_json
 
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     (args,) = HfArgumentParser(FortunesArguments).parse_args_into_dataclasses(args=argv)
     splits = build_splits(args)
     paths = write_splits(splits, args.output_dir)
+    # What the files were built from (`benchmarks.compare` reads the label noise of the data it runs on).
+    write_json(Path(args.output_dir) / "spec.json", {k: v for k, v in asdict(args).items() if k != "output_dir"})
     for split, rows in splits.items():
         counts = {t: sum(label == t for _, label in rows) for t in args.topics}
         print(f"{paths[split]}: {len(rows)} quotations, {counts}")

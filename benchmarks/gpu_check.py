@@ -20,12 +20,11 @@ nothing to check" and exits 0.
 
 import gc
 import importlib.util
-import json
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ from transformers import (
 )
 
 from aesam_hf import AESAMConfig, AESAMTrainer
+from benchmarks.io import write_results
 from benchmarks.workloads import ListDataset, StepTimer, environment, median
 
 
@@ -243,17 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results)
     print(text)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "command": "python -m benchmarks.gpu_check " + " ".join(argv),
-        "date": time.strftime("%Y-%m-%d"),
-        "arguments": asdict(args),
-        "environment": environment(),
-        "tests": tests,
-        "results": results,
-        "wall_time_s": time.perf_counter() - start,
-    }
-    out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    fields = {"date": time.strftime("%Y-%m-%d"), "tests": tests, "results": results}
+    payload = write_results(out, "gpu_check", argv, args, environment(), start, **fields)
     out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
     print(f"Written to {out} and {out.with_suffix('.md')} in {payload['wall_time_s']:.0f} s")
     return 0 if tests is None or tests["returncode"] == 0 else 1

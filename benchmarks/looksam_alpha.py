@@ -22,12 +22,13 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
 from benchmarks.accuracy import RegimeRuns, StudyArguments, runs_wall_time
+from benchmarks.io import command_line, write_results
 from benchmarks.regimes import REGIMES
 from benchmarks.results import keep_earlier_regimes, provenance
 from benchmarks.runner import run_jobs
@@ -163,22 +164,14 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     (args,) = HfArgumentParser(LookSAMAlphaArguments).parse_args_into_dataclasses(args=argv)
     start = time.perf_counter()
-    payload = {
-        "command": "python -m benchmarks.looksam_alpha " + " ".join(argv),
-        "arguments": asdict(args),
-        "environment": {**environment(), "threads_per_run": args.threads, "runs_side_by_side": args.workers},
-        "regimes": {},
-    }
-    out = Path(args.output_dir) / "looksam_alpha.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
+    env = {**environment(), "threads_per_run": args.threads, "runs_side_by_side": args.workers}
+    out, done, payload = Path(args.output_dir) / "looksam_alpha.json", {}, {}
     for regime in args.regimes:
-        done[regime] = {**measure(args, regime), "measured_by": provenance(payload["command"])}
+        done[regime] = {**measure(args, regime), "measured_by": provenance(command_line("looksam_alpha", argv))}
         print(done[regime]["table"], flush=True)
-        payload["regimes"] = keep_earlier_regimes(out, done, list(REGIMES))  # other regimes of the file stay
-        # Like accuracy.py's: the runs made by this invocation only (reused runs cost nothing).
-        payload["wall_time_s"] = time.perf_counter() - start
-        out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        regimes = keep_earlier_regimes(out, done, list(REGIMES))  # other regimes of the file stay
+        # Like accuracy.py's: the wall time of the runs made by this invocation only (reused runs cost nothing).
+        payload = write_results(out, "looksam_alpha", argv, args, env, start, regimes=regimes)
     return payload
 
 

@@ -21,12 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser
 
+from benchmarks.io import write_results
 from benchmarks.workloads import WORKLOADS, environment, make_trainer, make_workload
 
 
@@ -170,18 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"| {diff / mb:.1f} ({runs}) | {r['held_bytes'][variant] / mb:.1f} | {target} | {met} |"
             )
     print("\n".join(lines))
-    payload = {
-        "command": "python -m benchmarks.memory " + " ".join(argv),
-        "arguments": asdict(args),
-        "environment": environment(),
-        "results": results,
-        "table": "\n".join(lines),
-        "wall_time_s": time.perf_counter() - start,
-    }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    return payload
+    table = "\n".join(lines)
+    return write_results(args.output, "memory", argv, args, environment(), start, results=results, table=table)
 
 
 if __name__ == "__main__":

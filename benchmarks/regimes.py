@@ -18,11 +18,16 @@ script through `runner.py`:
   the training set. Every perturbation costs accuracy there; it is kept as the regime where SAM does not help.
 
 The evaluations during training also score 1,000 (300 for text) training examples against their noisy labels
-(`--eval_train_samples`): `eval_train_accuracy` rising past 1 − noise is memorization.
+(`--eval_train_samples`, `aesam_hf.callbacks.TrainSubsetCallback`): `train_subset_accuracy` rising past 1 − noise is
+memorization.
+
+The image regimes' data are drawn per seed (`benchmarks/fashion_mnist.py`, one dataset folder per seed, built on first
+use); each run reads its seed's folder (`--dataset_name`). The text regime's CSVs do not depend on the seed.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from benchmarks.fashion_mnist import FashionMNISTArguments, prepare
 from benchmarks.runner import REPO
 
 
@@ -40,10 +45,19 @@ class Regime:
     full: bool  # run every control and budget (else only AdamW, SAM and AE-SAM)
     budgets: tuple[float, ...]  # AE-SAM's `--aesam_budget` values, each against `random` at that probability
     smoke: tuple[str, ...]  # flags that shrink it to seconds, for the test suite
+    # The image regimes' per-seed Fashion-MNIST subsets (`benchmarks.fashion_mnist` flags, less `--seeds`).
+    image_data: dict = field(default_factory=dict)
 
     @property
     def config_path(self) -> str:
         return str(EXPERIMENTS / self.config)
+
+    def data_flags(self, seed: int) -> list[str]:
+        """The flags that point a run of `seed` at its own data, built here if missing; none for seed-free data."""
+        if not self.image_data:
+            return []
+        folder = prepare(FashionMNISTArguments(**self.image_data, seeds=[seed]))[seed]
+        return ["--dataset_name", str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder)]
 
 
 _IMAGE_SMOKE = (
@@ -54,6 +68,20 @@ _TEXT_SMOKE = (
     "--max_steps 4 --max_train_samples 48 --max_eval_samples 16 --max_predict_samples 16 "
     "--per_device_train_batch_size 8 --max_seq_length 24 --eval_steps 2 --eval_train_samples 16"
 ).split()
+
+# The subsets the image configs were run on before the data moved to files (`max_train_samples`, `max_eval_samples`,
+# `label_noise`): the same examples and flipped labels for each seed. `make data` builds seed 42's (the configs').
+NOISY_FASHION_MNIST = {
+    "output_dir": str(REPO / "data" / "fashion-mnist-noisy"),
+    "train_samples": 2000,
+    "validation_samples": 2000,
+    "label_noise": 0.4,
+}
+FASHION_MNIST_10K = {
+    "output_dir": str(REPO / "data" / "fashion-mnist-10k"),
+    "train_samples": 10000,
+    "validation_samples": 2000,
+}
 
 REGIMES = {
     r.name: r
@@ -68,6 +96,7 @@ REGIMES = {
             full=True,
             budgets=(0.2, 0.35, 0.5),
             smoke=tuple(_IMAGE_SMOKE),
+            image_data=NOISY_FASHION_MNIST,
         ),
         Regime(
             "text-noisy",
@@ -91,6 +120,7 @@ REGIMES = {
             full=False,
             budgets=(),
             smoke=tuple(_IMAGE_SMOKE),
+            image_data=FASHION_MNIST_10K,
         ),
     )
 }

@@ -1,4 +1,5 @@
-"""Write `docs/benchmarks.md` and its figures from what `step_cost`, `memory`, `accuracy` and `looksam_alpha` wrote.
+"""Write `docs/benchmarks.md`, its figures and `docs/results_table.md` (the README's headline table) from what
+`step_cost`, `memory`, `accuracy` and `looksam_alpha` wrote.
 
 Only measured numbers go in: every table is built from the JSON files the benchmark modules wrote, with the command
 that produced them, the machine and the versions. Sections whose JSON is missing are listed as not run.
@@ -93,6 +94,7 @@ def rho_figure(study: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
 
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
     for i, (name, r) in enumerate(study["regimes"].items()):
@@ -101,6 +103,13 @@ def rho_figure(study: dict, path: Path) -> None:
         chosen = r["rho_tuning"]["chosen"]
         ax.plot([chosen], [scores[chosen]], "*", ms=15, color=f"C{i}")
     ax.set_xscale("log")
+    # One labelled tick per rho tried, written plainly (0.05, not 5x10^-2), and no minor-tick labels between them:
+    # matplotlib's log-axis labels overprint at this width.
+    tried = sorted({float(k) for r in study["regimes"].values() for k in r["rho_tuning"]["scores"]})
+    ax.xaxis.set_major_locator(FixedLocator(tried))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="x", labelrotation=45 if len(tried) > 6 else 0, labelsize=8)
     ax.set_xlabel("sam_rho (log scale)")
     ax.set_ylabel("validation accuracy of `sam` (%), first seed")
     ax.set_title("rho chosen on validation (star)", fontsize=10)
@@ -114,14 +123,15 @@ def rho_figure(study: dict, path: Path) -> None:
 def curves(run_dir: Path) -> dict[str, list[float]]:
     """The evaluations during training of one run: step, validation accuracy, accuracy on noisy training labels."""
     state = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))
-    out = {"step": [], "validation": [], "train": []}
+    out = {"step": [], "train": [], "validation_step": [], "validation": []}
     for e in state["log_history"]:
-        if "eval_train_accuracy" in e:
+        if "train_subset_accuracy" in e:  # `--eval_train_samples` (aesam_hf.callbacks.TrainSubsetCallback)
             out["step"].append(e["step"])
-            out["train"].append(e["eval_train_accuracy"])
-        elif "eval_validation_accuracy" in e:
-            out.setdefault("validation_step", []).append(e["step"])
-            out["validation"].append(e["eval_validation_accuracy"])
+            out["train"].append(e["train_subset_accuracy"])
+        # The final evaluation after training repeats the last one's step: it is left out.
+        elif "eval_accuracy" in e and e["step"] not in out["validation_step"]:
+            out["validation_step"].append(e["step"])
+            out["validation"].append(e["eval_accuracy"])
     return out
 
 
@@ -137,7 +147,20 @@ def decisions_figure(name: str, result: dict, seed: int, path: Path) -> bool:
     if not (aesam_dir / "trainer_state.json").is_file():
         return False
     trace = decision_trace(aesam_dir)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True, height_ratios=[1.1, 1])
+    root = aesam_dir.parent.parent
+    # The curves of the evaluations during training, where the regime had any: without them (image-underfit) the
+    # figure is the decisions alone, not a panel left empty.
+    runs = {}
+    for policy, (label, _, color) in STYLE.items():
+        run_dir = root / policy / f"seed{seed}"
+        if policy in ("adamw_torch", "sam", "aesam") and (run_dir / "trainer_state.json").is_file():
+            c = curves(run_dir)
+            if c["step"] or c["validation"]:
+                runs[policy] = (label, color, c)
+    if runs:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True, height_ratios=[1.1, 1])
+    else:
+        fig, top = plt.subplots(figsize=(10, 4.2))
     steps, x, thr = trace["step"], trace["grad_norm_sq"], trace["threshold"]
     floor = 0.5 * min(v for v in x if v > 0)
     top.plot(steps, x, lw=0.5, color="C0", alpha=0.8, label=r"$\|g_t\|^2$")
@@ -150,35 +173,30 @@ def decisions_figure(name: str, result: dict, seed: int, path: Path) -> bool:
     top.set_title(f"{name}, AE-SAM seed {seed}: a SAM step when $\\|g_t\\|^2 \\geq$ threshold", fontsize=10)
     top.legend(fontsize=8, loc="upper left")
     top.grid(alpha=0.3)
-    root = aesam_dir.parent.parent
-    for policy, (label, _, color) in STYLE.items():
-        run_dir = root / policy / f"seed{seed}"
-        if policy not in ("adamw_torch", "sam", "aesam") or not (run_dir / "trainer_state.json").is_file():
-            continue
-        c = curves(run_dir)
-        if c["step"]:
-            bottom.plot(
-                c["step"], [100 * v for v in c["train"]], "-", color=color, label=f"{label}: noisy train labels"
-            )
-        if c["validation"]:
-            bottom.plot(
-                c["validation_step"],
-                [100 * v for v in c["validation"]],
-                "--",
-                color=color,
-                label=f"{label}: clean validation",
-            )
-    noise = 100 * result["regime"]["label_noise"]
-    if noise:
-        label = f"{100 - noise:.0f}%: fit of a model that learned only the true classes"
-        bottom.axhline(100 - noise, color="k", lw=0.8, ls=":", label=label)
-    bottom.set_xlabel("optimizer step")
-    bottom.set_ylabel("accuracy (%)")
-    if bottom.get_legend_handles_labels()[0]:
+    if not runs:
+        top.set_xlabel("optimizer step (no evaluation during training in this regime)")
+    else:
+        for label, color, c in runs.values():
+            if c["step"]:
+                bottom.plot(
+                    c["step"], [100 * v for v in c["train"]], "-", color=color, label=f"{label}: noisy train labels"
+                )
+            if c["validation"]:
+                bottom.plot(
+                    c["validation_step"],
+                    [100 * v for v in c["validation"]],
+                    "--",
+                    color=color,
+                    label=f"{label}: clean validation",
+                )
+        noise = 100 * result["regime"]["label_noise"]
+        if noise:
+            label = f"{100 - noise:.0f}%: fit of a model that learned only the true classes"
+            bottom.axhline(100 - noise, color="k", lw=0.8, ls=":", label=label)
+        bottom.set_xlabel("optimizer step")
+        bottom.set_ylabel("accuracy (%)")
         bottom.legend(fontsize=7, ncol=2, loc="lower right")
-    else:  # a regime without evaluations during training (image-underfit): say so rather than leave a blank panel
-        bottom.text(0.5, 0.5, "no evaluation during training in this regime", ha="center", transform=bottom.transAxes)
-    bottom.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -261,7 +279,7 @@ def accuracy_section(study: dict, figures: Path) -> str:
             flags = "; ".join(f"{label} `{' '.join(f)}`" for label, f in r["controls"].items())
             out.append(f"- AE-SAM's mean SAM fraction f = {r['aesam_fraction']:.3f}; matched controls: {flags}.")
         out += budget_lines(r)
-        out += ["", markdown_table(r["summary"], "test_accuracy", "adamw_torch"), ""]
+        out += ["", markdown_table(r["summary"], "test_accuracy"), ""]
         if r["comparisons"]:
             out += [comparisons_table(r["comparisons"]), ""]
         figure = f"aesam_decisions_{name}.png"
@@ -271,6 +289,55 @@ def accuracy_section(study: dict, figures: Path) -> str:
     out += ["### Accuracy against cost", "", "![accuracy against cost](figures/accuracy_vs_cost.png)", ""]
     out += ["### rho on validation", "", "![rho tuning](figures/rho_tuning.png)", ""]
     return "\n".join(out)
+
+
+# The headline table: the policies a newcomer chooses between, and the differences that say whether it matters.
+HEADLINE = (("adamw_torch", "AdamW"), ("sam", "SAM"), ("aesam", "AE-SAM"))
+HEADLINE_DIFFERENCES = (("sam", "adamw_torch"), ("aesam", "adamw_torch"), ("aesam", "sam"))
+
+
+def results_table(study: dict, source: str) -> str:
+    """The headline results, one row per regime: test accuracy (mean ± std over seeds) and passes per step of AdamW,
+    SAM and AE-SAM, and their paired differences with 95% intervals. Generated (the README includes it), from the
+    same accuracy.json as `docs/benchmarks.md`, so the two cannot disagree."""
+    label = dict(HEADLINE)
+    lines = [
+        f"<!-- Generated by `python -m benchmarks.report` from {source}; do not edit by hand (`make bench`). -->",
+        "",
+        "| regime | "
+        + " | ".join(f"{name} test acc. (%) [passes/step]" for _, name in HEADLINE)
+        + " | "
+        + " | ".join(f"{label[a]} − {label[b]} (points, 95% CI)" for a, b in HEADLINE_DIFFERENCES)
+        + " |",
+        "|---|" + "---:|" * (len(HEADLINE) + len(HEADLINE_DIFFERENCES)),
+    ]
+    for name, r in study["regimes"].items():
+        by = {s["policy"]: s for s in r["summary"]}
+        cells = []
+        for policy, _ in HEADLINE:
+            if policy in by:
+                (mean, std), passes = by[policy]["test_accuracy"], by[policy]["passes_per_step"][0]
+                cells.append(f"{100 * mean:.2f} ± {100 * std:.2f} [{passes:.2f}]")
+            else:
+                cells.append("–")
+        found = {(c["a"], c["b"]): c for c in r["comparisons"]}
+        for pair in HEADLINE_DIFFERENCES:
+            c = found.get(pair)
+            if c is None:
+                cells.append("–")
+            elif c["n"] < 2:
+                cells.append(f"{100 * c['mean']:+.2f} (1 seed)")
+            else:
+                bold = "**" if c["verdict"] != "no difference" else ""
+                cells.append(f"{bold}{100 * c['mean']:+.2f}{bold} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]")
+        lines.append(f"| {name} ({r['regime']['kind']}) | " + " | ".join(cells) + " |")
+    seeds = len(study["arguments"]["seeds"])
+    lines += [
+        "",
+        f"Mean over {seeds} seeds; a difference is in bold where its paired 95% interval excludes 0. Details, controls "
+        "and the machine: [docs/benchmarks.md](benchmarks.md).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def looksam_section(payload: dict) -> str:
@@ -430,6 +497,9 @@ def main(argv: list[str] | None = None) -> Path:
     parts += [cost_section(cost) if cost else "## Step cost\n\nNot run.\n"]
     parts += [memory_section(memory) if memory else "## Memory\n\nNot run.\n"]
     parts += [accuracy_section(study, figures) if study else "## Accuracy\n\nNot run.\n"]
+    if study:
+        table = results_table(study, f"`{results / 'accuracy' / 'accuracy.json'}`")
+        (docs / "results_table.md").write_text(table, encoding="utf-8")
     looksam = load(results / "looksam_alpha" / "looksam_alpha.json")
     parts += [looksam_section(looksam) if looksam else "### LookSAM's reuse weight α\n\nNot run.\n"]
     parts += [wall_time_section(results)]

@@ -1,4 +1,4 @@
-"""The tables and figures of a comparison: mean ± std over seeds, ratios to the baseline, score against cost.
+"""The tables and figures of a comparison: mean ± std over seeds, score against cost.
 
 Used by `compare` (the demo's table and figure) and by `report` (`docs/benchmarks.md`).
 """
@@ -18,7 +18,6 @@ SUMMARIZED = (
     "passes",
     "passes_per_step",
     "train_time",
-    "time_ratio",
     "eval_accuracy",
     "peak_eval_accuracy",
     "train_noisy_accuracy",
@@ -42,13 +41,6 @@ def keep_earlier_regimes(path: Path, regimes: dict, order: list[str]) -> dict:
     return {name: merged[name] for name in sorted(merged, key=lambda n: order.index(n) if n in order else len(order))}
 
 
-def add_time_ratios(rows: list[dict], baseline: str | None) -> None:
-    """`time_ratio`: a run's wall time over the baseline's with the same seed (machine drift cancels within a seed)."""
-    base = {r["seed"]: r["train_time"] for r in rows if r["policy"] == baseline}
-    for r in rows:
-        r["time_ratio"] = r["train_time"] / base[r["seed"]] if r["seed"] in base else float("nan")
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -68,8 +60,12 @@ def summarize(rows: list[dict], policies: list[str], metric: str) -> list[dict]:
     return summary
 
 
-def markdown_table(summary: list[dict], metric: str, baseline: str | None) -> str:
-    """One row per policy: score (%), SAM fraction, passes (per step), train time and its ratio to the baseline."""
+def markdown_table(summary: list[dict], metric: str) -> str:
+    """One row per policy: score (%), SAM fraction, passes (per step) and train time.
+
+    No ratio of train times: the runs of a comparison share the cores (two side by side by default), so their times
+    say how busy the machine was as much as what a policy costs; passes per step do not depend on it.
+    """
 
     def fmt(pair, spec, scale=1.0):
         mean, std = pair
@@ -77,7 +73,6 @@ def markdown_table(summary: list[dict], metric: str, baseline: str | None) -> st
             return "–"
         return f"{format(mean * scale, spec)} ± {format(std * scale, spec)}" if std else format(mean * scale, spec)
 
-    base = baseline or "ERM"
     # Where the runs evaluated during training: the best validation accuracy they passed through (what early stopping
     # on clean validation data could keep) and how much of the noisy training set they fit at the end.
     during = [
@@ -91,15 +86,15 @@ def markdown_table(summary: list[dict], metric: str, baseline: str | None) -> st
     lines = [
         f"| policy | {metric} (%) | "
         + "".join(f"{title} | " for _, title in during)
-        + f"SAM fraction | passes | passes / step | train time (s) | time / {base} |",
-        "|---|---:|" + "---:|" * len(during) + "---:|---:|---:|---:|---:|",
+        + "SAM fraction | passes | passes / step | train time (s, cores shared) |",
+        "|---|---:|" + "---:|" * len(during) + "---:|---:|---:|---:|",
     ]
     for s in summary:
         lines.append(
             f"| {s['policy']} | {fmt(s[metric], '.2f', 100)} | "
             + "".join(f"{fmt(s[key], '.2f', 100)} | " for key, _ in during)
             + f"{fmt(s['sam_fraction'], '.2f')} | {fmt(s['passes'], '.0f')} | {fmt(s['passes_per_step'], '.2f')} | "
-            f"{fmt(s['train_time'], '.1f')} | {fmt(s['time_ratio'], '.2f')} |"
+            f"{fmt(s['train_time'], '.1f')} |"
         )
     return "\n".join(lines)
 

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.io import write_json
+
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = {
@@ -33,7 +35,13 @@ TASKS = {
 }
 # The code a run's numbers depend on besides its command and config (not the runner, which only launches it), and
 # the versions of the packages it trains with.
-RUN_CODE = ("aesam_hf/*.py", "examples/run_*.py", "benchmarks/data.py", "benchmarks/fortunes.py")
+RUN_CODE = (
+    "aesam_hf/*.py",
+    "examples/run_*.py",
+    "benchmarks/data.py",
+    "benchmarks/fortunes.py",
+    "benchmarks/fashion_mnist.py",
+)
 RUN_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
 SIGNATURE_FILE = "compare_run.json"
 WALL_TIME_FILE = "wall_time.json"
@@ -118,9 +126,9 @@ class Runner:
             if proc.returncode != 0:
                 tail = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
                 raise RuntimeError(f"{policy} (seed {seed}) failed with exit code {proc.returncode}; log:\n{tail}")
-            signature_file.write_text(json.dumps(signature, indent=1), encoding="utf-8")
+            write_json(signature_file, signature)
             # Kept apart from the signature (which must compare equal): what the run cost, start-up and scoring in.
-            (run_dir / WALL_TIME_FILE).write_text(json.dumps({"wall_time_s": wall}), encoding="utf-8")
+            write_json(run_dir / WALL_TIME_FILE, {"wall_time_s": wall})
         results = read_json(results_file)
         if self.metric not in results:
             raise ValueError(
@@ -132,13 +140,14 @@ class Runner:
         steps = state["global_step"]
         # Validation accuracy at the evaluations during training (when there were any): its peak is what early
         # stopping on clean validation data could have kept.
-        during = [
-            e.get("eval_validation_accuracy", e.get("eval_accuracy"))
-            for e in state.get("log_history", [])
-            if "eval_validation_accuracy" in e or "eval_accuracy" in e
-        ]
-        # Accuracy on the (noisy) training labels at the last evaluation during training: memorization.
-        train_fit = [e["eval_train_accuracy"] for e in state.get("log_history", []) if "eval_train_accuracy" in e]
+        history = state.get("log_history", [])
+        during = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
+        # The fit of a training subset to its (noisy) labels at the last evaluation (`--eval_train_samples`):
+        # memorization.
+        train_fit = [e["train_subset_accuracy"] for e in history if "train_subset_accuracy" in e]
+        # A stock optimizer name (`--optim adamw_torch`) logs nothing of aesam_hf's: one forward/backward pass per
+        # step, no SAM step.
+        passes = results.get("sam/passes", steps)
         return {
             "policy": label or policy,
             "optim": policy,
@@ -147,10 +156,10 @@ class Runner:
             "eval_accuracy": results.get("eval_accuracy", float("nan")),
             "peak_eval_accuracy": max(during, default=float("nan")),
             "train_noisy_accuracy": train_fit[-1] if train_fit else float("nan"),
-            "sam_fraction": results["sam/fraction_total"],
-            "passes": results["sam/passes"],
+            "sam_fraction": results.get("sam/fraction_total", 0.0),
+            "passes": passes,
             "steps": steps,
-            "passes_per_step": results["sam/passes"] / steps,
+            "passes_per_step": passes / steps,
             "train_time": results["train_runtime"],
             "wall_time": wall,  # the whole process: a study's cost from scratch is the sum over its runs / workers
             "threads": self.threads,

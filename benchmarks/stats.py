@@ -48,5 +48,6 @@ def paired_difference(a: dict[int, float], b: dict[int, float], names: tuple[str
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return PairedDifference(*names, len(diffs), mean, float("nan"), float("nan"), level)
-    half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return PairedDifference(*names, len(diffs), mean, mean - half, mean + half, level)
+    # Student's t interval of the mean paired difference (scipy's, as the paired t-test defines it).
+    interval = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).confidence_interval(level)
+    return PairedDifference(*names, len(diffs), mean, float(interval.low), float(interval.high), level)

@@ -25,17 +25,16 @@ per-round ratios.
     python -m benchmarks.step_cost --workloads vit4     # the `erm` overhead and its noise floor, ~1 minute
 """
 
-import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from transformers import HfArgumentParser
 
+from benchmarks.io import write_results
 from benchmarks.workloads import WORKLOADS, environment, make_trainer, make_workload, median, synchronize
 
 
@@ -234,17 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         one_pass = f", one forward/backward {r['pass_ms']:.1f}" if "pass_ms" in r else ""
         print(f"{name}: step medians (ms) {ms}{one_pass}")
     print(table(results))
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "command": "python -m benchmarks.step_cost " + " ".join(argv),
-        "arguments": asdict(args),
-        "environment": environment(),
-        "results": results,
-        "wall_time_s": time.perf_counter() - start,
-    }
-    out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    print(f"Written to {out}")
+    payload = write_results(args.output, "step_cost", argv, args, environment(), start, results=results)
+    print(f"Written to {args.output}")
     return payload
 
 

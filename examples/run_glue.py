@@ -2,9 +2,11 @@
 
 transformers' `examples/pytorch/text-classification/run_glue.py` with its flags, and with `AESAMConfig` in place of
 `TrainingArguments` and `AESAMTrainer` in place of `Trainer`: that is the SAM change, and `--optim` also takes the
-SAM policies (`aesam`, `sam`, `aelooksam`, `looksam`, `random`, `periodic`, `erm`). Besides it, this copy takes an
-experiment JSON followed by flags that override it, computes GLUE's metrics locally when `evaluate` cannot fetch them
-(offline), and scores a labelled `--test_file`. It needs only installed packages and `aesam_hf`: copy it anywhere.
+SAM policies. Besides it, this copy takes an experiment JSON followed by flags that override it, computes GLUE's
+metrics locally when `evaluate` cannot fetch them (offline), scores a labelled `--test_file`, can keep the first
+layers of a checkpoint (`--config_overrides num_hidden_layers=2`) and freeze its token embeddings
+(`--freeze_input_embeddings`), and can watch memorization on part of the training set (`--eval_train_samples`). It
+needs only installed packages and `aesam_hf`: copy it anywhere.
 
     # GLUE from the Hub (online)
     python examples/run_glue.py --model_name_or_path bert-base-uncased --task_name sst2 --do_train --do_eval \
@@ -45,6 +47,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from aesam_hf import AESAMConfig, AESAMTrainer, exit_gloo_process
+from aesam_hf.callbacks import TrainSubsetCallback
 
 
 logger = logging.getLogger(__name__)
@@ -109,9 +112,9 @@ class DataTrainingArguments:
     eval_train_samples: int = field(
         default=0,
         metadata={
-            "help": "Also evaluate on this many training examples, with their training labels (noisy ones included), "
-            "whenever the validation split is evaluated during training: `eval_train_accuracy` then shows when the "
-            "model starts to memorize, next to `eval_validation_accuracy`. 0: off."
+            "help": "At every evaluation, also score the first this many training examples against their training "
+            "labels (noisy ones included), logged as `train_subset_accuracy` (`aesam_hf.callbacks."
+            "TrainSubsetCallback`): a fit above the share of right labels is memorized noise. 0: off."
         },
     )
     train_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of training examples."})
@@ -490,21 +493,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         multiple = 8 if training_args.fp16 or training_args.bf16 else None
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
-    # Evaluations during training may also score part of the training set: memorizing noisy labels shows there.
-    eval_during_training = eval_dataset
-    if eval_dataset is not None and train_dataset is not None and data_args.eval_train_samples > 0:
-        n = min(data_args.eval_train_samples, len(train_dataset))
-        eval_during_training = {"validation": eval_dataset, "train": train_dataset.select(range(n))}
-
     trainer = AESAMTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=eval_during_training,
+        eval_dataset=eval_dataset,
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
         data_collator=data_collator,
     )
+    if train_dataset is not None and data_args.eval_train_samples > 0:
+        # Scored with their training labels: memorizing noisy labels shows there.
+        subset = train_dataset.select(range(min(data_args.eval_train_samples, len(train_dataset))))
+        trainer.add_callback(TrainSubsetCallback(trainer, subset))
 
     all_metrics: dict[str, float] = {}
     if training_args.do_train:

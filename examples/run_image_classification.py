@@ -2,24 +2,23 @@
 
 transformers' `examples/pytorch/image-classification/run_image_classification.py` with its flags, and with
 `AESAMConfig` in place of `TrainingArguments` and `AESAMTrainer` in place of `Trainer`: that is the SAM change, and
-`--optim` also takes the SAM policies. Besides it, this copy reads Fashion-MNIST from local IDX files
-(`--fashion_mnist_dir`, Debian's `dataset-fashion-mnist`), builds a small ViT for CPU training when no
-`--model_name_or_path` is given, flips a fraction of the training labels (`--label_noise`), takes an experiment JSON
-followed by flags that override it, and uses plain torch transforms (no torchvision). It needs only installed
-packages and `aesam_hf`: copy it anywhere.
+`--optim` also takes the SAM policies. Besides it, this copy builds a small ViT for CPU training when no
+`--model_name_or_path` is given, takes an experiment JSON followed by flags that override it, scores a `test` split
+with `--do_predict`, can watch memorization on part of the training set (`--eval_train_samples`), and uses plain
+torch transforms (no torchvision). It needs only installed packages and `aesam_hf`: copy it anywhere.
 
-    # Offline: a 140k-parameter ViT on Fashion-MNIST, 40%% of the training labels flipped
-    python examples/run_image_classification.py configs/experiments/image_fashion_mnist_vit.json --label_noise 0.4
+    # Offline: a 140k-parameter ViT on 2,000 Fashion-MNIST images, 40%% of their labels flipped (`make data`)
+    python examples/run_image_classification.py configs/experiments/image_fashion_mnist_noisy.json
     # Online: fine-tune a pretrained ViT on CIFAR-10 from the Hub
     python examples/run_image_classification.py --dataset_name uoft-cs/cifar10 --image_column_name img \
         --model_name_or_path google/vit-base-patch16-224-in21k --do_train --do_eval --optim aesam \
         --output_dir outputs/cifar10-aesam
 
-Without a validation split, `train_val_split` of the training data becomes one; `--do_predict` scores the `test`
-split. `--label_noise` flips that fraction of the *training* labels only.
+`--dataset_name` is a Hub dataset or a local dataset folder (e.g. `train/validation/test.parquet`, as
+`python -m benchmarks.fashion_mnist` writes them); `--train_dir`/`--validation_dir` are image folders, one subfolder
+per class. Without a validation split, `train_val_split` of the training data becomes one.
 """
 
-import gzip
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import ClassLabel, DatasetDict, load_dataset
 from huggingface_hub import constants as hub_constants
 from transformers import (
     AutoConfig,
@@ -48,28 +47,11 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from aesam_hf import AESAMConfig, AESAMTrainer, exit_gloo_process
+from aesam_hf.callbacks import TrainSubsetCallback
 
 
 logger = logging.getLogger(__name__)
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-FASHION_MNIST_HINT = "install Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`)"
 # The from-scratch model: a ViT small enough to train on a CPU in minutes (about 140k parameters on 28x28 images).
 SMALL_VIT = {
     "patch_size": 7,
@@ -86,16 +68,14 @@ SMALL_VIT = {
 class DataTrainingArguments:
     """Which images to train and evaluate on."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, e.g. `uoft-cs/cifar10`."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hub dataset, e.g. `uoft-cs/cifar10`, or a local dataset folder."}
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The configuration of `dataset_name`."})
     train_dir: str | None = field(
         default=None, metadata={"help": "A folder of training images, one subfolder per class."}
     )
     validation_dir: str | None = field(default=None, metadata={"help": "A folder of validation images, likewise."})
-    fashion_mnist_dir: str | None = field(
-        default=None,
-        metadata={"help": "A folder with Fashion-MNIST's four IDX files (Debian: /usr/share/datasets/fashion-mnist)."},
-    )
     image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "The column holding the class labels."})
     train_val_split: float = field(
@@ -110,30 +90,24 @@ class DataTrainingArguments:
     max_predict_samples: int | None = field(
         default=None, metadata={"help": "Keep this many test examples, drawn at random from `seed`."}
     )
-    label_noise: float = field(
-        default=0.0,
-        metadata={"help": "Fraction in [0, 1) of training labels replaced with another class (symmetric noise)."},
-    )
     eval_train_samples: int = field(
         default=0,
         metadata={
-            "help": "Also evaluate on this many training examples, with their training labels (noisy ones included), "
-            "whenever the validation split is evaluated during training: `eval_train_accuracy` then shows when the "
-            "model starts to memorize, next to `eval_validation_accuracy`. 0: off."
+            "help": "At every evaluation, also score the first this many training examples against their training "
+            "labels (noisy ones included), logged as `train_subset_accuracy` (`aesam_hf.callbacks."
+            "TrainSubsetCallback`): a fit above the share of right labels is memorized noise. 0: off."
         },
     )
     random_flip: bool = field(default=True, metadata={"help": "Flip training images left-right at random."})
 
     def __post_init__(self):
-        sources = [n for n in ("dataset_name", "train_dir", "fashion_mnist_dir") if getattr(self, n) is not None]
-        if len(sources) != 1:
+        if (self.dataset_name is None) == (self.train_dir is None):
             raise ValueError(
-                "Pass exactly one of `--dataset_name` (a Hub dataset), `--train_dir` (an image folder) or "
-                f"`--fashion_mnist_dir` (local IDX files); got {sources or 'none'}."
+                "Pass exactly one of `--dataset_name` (a Hub dataset or a local dataset folder) and `--train_dir` (an "
+                f"image folder); got dataset_name={self.dataset_name!r}, train_dir={self.train_dir!r}."
             )
         if not 0.0 < self.train_val_split < 1.0:
             raise ValueError(f"`train_val_split` ({self.train_val_split}) must be in (0, 1).")
-        check_label_noise(self.label_noise)
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -210,81 +184,6 @@ def parse_args(parser: HfArgumentParser, argv: list[str] | None = None) -> tuple
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def check_label_noise(fraction: float) -> None:
-    """`label_noise` is the fraction of training labels flipped: at 1 no label would be right."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"`label_noise` ({fraction}) must be in [0, 1): it is the fraction of noisy labels.")
-
-
-def symmetric_label_noise(labels, num_classes: int, fraction: float, seed: int) -> np.ndarray:
-    """`labels` with `fraction` of them (rounded) replaced by a uniformly random *other* class.
-
-    Symmetric label noise: noisy labels are where SAM-style methods earn their cost. Exactly `round(fraction * n)`
-    labels change, so the noise level is the one asked for, not a draw around it.
-    """
-    check_label_noise(fraction)
-    if num_classes < 2 and fraction > 0:
-        raise ValueError(f"`label_noise` ({fraction}) needs at least 2 classes, got {num_classes}.")
-    labels = np.array(labels, dtype=np.int64, copy=True)
-    rng = np.random.default_rng(seed)
-    noisy = rng.choice(labels.size, size=int(round(fraction * labels.size)), replace=False)
-    # An offset in 1..K-1 always lands on another class, each with probability 1 / (K - 1).
-    labels[noisy] = (labels[noisy] + rng.integers(1, num_classes, size=noisy.size)) % num_classes
-    return labels
-
-
-def load_idx(path: str | Path) -> np.ndarray:
-    """One IDX file of unsigned bytes (as Fashion-MNIST's four are), gzipped if its name ends in `.gz`.
-
-    `FileNotFoundError` for a missing file and `ValueError` for a malformed one, both naming the file: a broken
-    install is told apart from a bug in the caller.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IDX file {str(path)!r} not found: {FASHION_MNIST_HINT}.")
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as err:  # a bad gzip stream is an OSError, a truncated one an EOFError
-        raise ValueError(f"IDX file {str(path)!r} cannot be read ({err}): re-{FASHION_MNIST_HINT}.") from err
-    # Magic number: two zero bytes, 0x08 (unsigned byte), the number of dimensions; then their sizes (big-endian).
-    if len(raw) < 4 or raw[:3] != b"\0\0\x08":
-        raise ValueError(
-            f"IDX file {str(path)!r} has the magic number 0x{raw[:4].hex()}, not 0x000008.. (unsigned bytes): "
-            f"re-{FASHION_MNIST_HINT}."
-        )
-    header = 4 + 4 * raw[3]
-    shape = (
-        tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=raw[3], offset=4)) if len(raw) >= header else ()
-    )
-    if len(raw) < header or len(raw) != header + int(np.prod(shape, dtype=np.int64)):
-        raise ValueError(f"IDX file {str(path)!r} holds {len(raw)} bytes, too few or too many for shape {shape}.")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def load_fashion_mnist(data_dir: str | Path = FASHION_MNIST_DIR) -> DatasetDict:
-    """Fashion-MNIST's `train` (60,000 images) and `test` (10,000) splits, read from its four IDX files.
-
-    Columns as on the Hub's `zalando-datasets/fashion_mnist`: `image` (a 28x28 greyscale image) and `label` (a
-    `ClassLabel` with the 10 class names), so the rest of the script treats both alike.
-    """
-    features = Features({"image": Image(), "label": ClassLabel(names=list(FASHION_MNIST_CLASSES))})
-    splits = {}
-    for split, (image_file, label_file) in FASHION_MNIST_FILES.items():
-        images, labels = load_idx(Path(data_dir) / image_file), load_idx(Path(data_dir) / label_file)
-        if images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
-            raise ValueError(
-                f"{image_file} and {label_file} in {str(data_dir)!r} hold images of shape {images.shape} and labels "
-                f"of shape {labels.shape}: expected (N, 28, 28) and (N,). Re-{FASHION_MNIST_HINT}."
-            )
-        # Each image as a binary PGM file, a 15-byte header and the raw pixels: next to free to build (PNG-encoding
-        # 70k images takes seconds) and fast to decode.
-        header = b"P5\n28 28\n255\n"
-        encoded = [{"bytes": header + image.tobytes(), "path": None} for image in images]
-        splits[split] = Dataset.from_dict({"image": encoded, "label": labels.astype(np.int64)}, features=features)
-    return DatasetDict(splits)
-
-
 def load_accuracy_metric(cache_dir: str | None = None) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
     """`metric(predictions, references) -> {"accuracy": ...}`: `evaluate`'s when it loads, else computed here.
 
@@ -315,9 +214,7 @@ def load_accuracy_metric(cache_dir: str | None = None) -> Callable[[np.ndarray, 
 
 def load_images(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int) -> DatasetDict:
     """Train/validation (and test, when there is one) splits, with a validation split carved out if missing."""
-    if data_args.fashion_mnist_dir is not None:
-        dataset = load_fashion_mnist(data_args.fashion_mnist_dir)
-    elif data_args.dataset_name is not None:
+    if data_args.dataset_name is not None:
         dataset = load_dataset(
             data_args.dataset_name,
             data_args.dataset_config_name,
@@ -550,14 +447,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     dataset["validation"] = subsample(dataset["validation"], data_args.max_eval_samples, training_args.seed)
     if "test" in dataset:
         dataset["test"] = subsample(dataset["test"], data_args.max_predict_samples, training_args.seed)
-    if data_args.label_noise > 0:
-        train = dataset["train"]
-        num_classes = train.features[label_column].num_classes
-        noisy = symmetric_label_noise(train[label_column], num_classes, data_args.label_noise, training_args.seed)
-        features = train.features.copy()
-        dataset["train"] = train.remove_columns(label_column).add_column(label_column, noisy.tolist()).cast(features)
-        logger.info(f"Label noise: {data_args.label_noise:.0%} of the {len(train)} training labels flipped.")
-
     model, processor = build_model_and_processor(model_args, dataset, label_column, image_column)
     size = processor.size
     size = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"], size["shortest_edge"])
@@ -574,13 +463,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     for split in dataset:
         dataset[split].set_transform(transform[split == "train"])
-    # Evaluations during training may also score part of the training set (its labels, without augmentation):
-    # memorizing noisy labels shows there.
-    eval_during_training = dataset["validation"]
-    if data_args.eval_train_samples > 0:
-        train_subset = dataset["train"].select(range(min(data_args.eval_train_samples, len(dataset["train"]))))
-        train_subset.set_transform(transform[False])
-        eval_during_training = {"validation": dataset["validation"], "train": train_subset}
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         f"{type(model).__name__} with {n_params:,} parameters; splits: "
@@ -596,10 +478,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model=model,
         args=training_args,
         train_dataset=dataset["train"] if training_args.do_train else None,
-        eval_dataset=eval_during_training if training_args.do_eval else None,
+        eval_dataset=dataset["validation"] if training_args.do_eval else None,
         compute_metrics=compute_metrics,
         processing_class=processor,
     )
+    if data_args.eval_train_samples > 0:
+        # Scored with its training labels and without augmentation: memorizing noisy labels shows there.
+        subset = dataset["train"].select(range(min(data_args.eval_train_samples, len(dataset["train"]))))
+        subset.set_transform(transform[False])
+        trainer.add_callback(TrainSubsetCallback(trainer, subset))
 
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
@@ -636,8 +523,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         card_kwargs["finetuned_from"] = model_args.model_name_or_path
     if data_args.dataset_name is not None:
         card_kwargs["dataset"] = data_args.dataset_name
-    elif data_args.fashion_mnist_dir is not None:
-        card_kwargs["dataset"] = "Fashion-MNIST"
     if training_args.push_to_hub:
         trainer.push_to_hub(**card_kwargs)
     else:

@@ -9,16 +9,16 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from example_utils import ROOT
-from testing_utils import get_trainer
 
 from benchmarks import looksam_alpha, step_cost
 from benchmarks.data import FASHION_MNIST_DIR
 
 
-MODULES = ["step_cost", "memory", "accuracy", "looksam_alpha", "report", "compare", "fortunes"]
+MODULES = ["step_cost", "memory", "accuracy", "looksam_alpha", "report", "compare", "fortunes", "fashion_mnist"]
 # What `make data` provides: the experiment configs name these paths (relative to the repository root).
 DATA = [
     ROOT / "data" / "fortunes" / "train.csv",
@@ -35,13 +35,6 @@ def run(module: str, *args) -> subprocess.CompletedProcess:
     return out
 
 
-def library_logs_looksam_ratios(tmp_path) -> bool:
-    """Whether the installed aesam_hf logs the LookSAM ratios the α study reads (LookSAM's first step is SAM)."""
-    trainer = get_trainer(tmp_path, optim="looksam", max_steps=1)
-    trainer.train()
-    return any(key in h for h in trainer.state.log_history for key in looksam_alpha.RATIO_KEYS)
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bench")
@@ -50,13 +43,11 @@ def results(tmp_path_factory) -> dict:
     # One regime, one seed: every path of the study (tuning, budgets, matched controls) in a few minutes.
     study = ["--smoke", "--regimes", "image-noisy", "--seeds", "1", "--rho_grid", "0.05", "0.1"]
     run("accuracy", *study, "--output_dir", root / "accuracy")
-    looksam = library_logs_looksam_ratios(tmp_path_factory.mktemp("probe"))
-    if looksam:
-        alpha = ["--smoke", "--alphas", "0", "0.7", "--seeds", "1", "--output_dir", root / "looksam_alpha"]
-        run(
-            "looksam_alpha", *alpha, "--regimes", "image-noisy", "--accuracy_json", root / "accuracy" / "accuracy.json"
-        )
-    return {"root": root, "looksam": looksam}
+    # Always run: the α study reads the LookSAM ratios the library logs, and a library that stopped logging them must
+    # fail here (`sam_step_ratios` raises), not skip.
+    alpha = ["--smoke", "--alphas", "0", "0.7", "--seeds", "1", "--output_dir", root / "looksam_alpha"]
+    run("looksam_alpha", *alpha, "--regimes", "image-noisy", "--accuracy_json", root / "accuracy" / "accuracy.json")
+    return {"root": root}
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -176,7 +167,7 @@ def test_accuracy_study_tunes_rho_on_validation_and_matches_the_controls_to_aesa
     assert f"--sam_interval {max(1, round(1 / f))}" in logs["periodic-matched"]
     assert "--aesam_budget 0.2" in logs["aesam-b0.2"] and "--sam_probability 0.2" in logs["random-p0.2"]
     assert all(f"--sam_rho {r['rho']}" in log for log in logs.values())
-    assert runs["adamw_torch"]["time_ratio"] == 1.0 and runs["adamw_torch"]["passes_per_step"] == 1.0
+    assert runs["adamw_torch"]["passes_per_step"] == 1.0 and "time_ratio" not in runs["adamw_torch"]
     # The evaluations during training scored the noisy training labels as well as the validation split.
     assert 0 <= runs["adamw_torch"]["train_noisy_accuracy"] <= 1 and 0 <= runs["sam"]["peak_eval_accuracy"] <= 1
     pairs = {(c["a"], c["b"]) for c in r["comparisons"]}
@@ -187,11 +178,6 @@ def test_accuracy_study_tunes_rho_on_validation_and_matches_the_controls_to_aesa
 @pytest.mark.slow
 @needs_data
 def test_looksam_alpha_records_every_sam_step_with_the_study_rho(results):
-    if not results["looksam"]:
-        pytest.skip(
-            f"the installed aesam_hf does not log {sorted(looksam_alpha.RATIO_KEYS)} on LookSAM's SAM steps, which "
-            "the α study reads from the runs' log history"
-        )
     root = results["root"]
     payload = json.loads((root / "looksam_alpha" / "looksam_alpha.json").read_text())
     study = json.loads((root / "accuracy" / "accuracy.json").read_text())
@@ -233,16 +219,21 @@ def test_report_builds_the_benchmarks_page(results, tmp_path):
     run("report", "--results_dir", results["root"], "--docs_dir", tmp_path)
     page = (tmp_path / "benchmarks.md").read_text()
     headings = ["## Step cost", "## Memory", "## Accuracy", "### image-noisy (overfitting)", "95% interval"]
-    for heading in headings + (["### LookSAM's reuse weight α"] if results["looksam"] else []):
+    for heading in [*headings, "### LookSAM's reuse weight α"]:
         assert heading in page, heading
     assert "| vit | SAM step / ERM step |" in page and "Machine and versions:" in page
     assert "| vit4 | stock Trainer step / stock Trainer step (noise floor) |" in page
     assert "| sam − adamw_torch | 1 |" in page and "`--aesam_budget 0.2`: realized fraction" in page
     for figure in ("accuracy_vs_cost.png", "rho_tuning.png", "aesam_decisions_image-noisy.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 10_000, figure
+    # The README's headline table, from the same accuracy.json.
+    table = (tmp_path / "results_table.md").read_text()
+    assert (
+        table.startswith("<!-- Generated by `python -m benchmarks.report`")
+        and "| image-noisy (overfitting) |" in table
+    )
     # What `make bench` cost: each stage's own recorded wall time, and their sum.
-    files = ["step_cost.json", "memory.json", "accuracy/accuracy.json"]
-    files += ["looksam_alpha/looksam_alpha.json"] if results["looksam"] else []
+    files = ["step_cost.json", "memory.json", "accuracy/accuracy.json", "looksam_alpha/looksam_alpha.json"]
     times = [json.loads((results["root"] / f).read_text())["wall_time_s"] for f in files]
     assert "## Wall time of `make bench`" in page and f"Sum of the last invocations: {sum(times) / 60:.1f} min" in page
     assert f"| accuracy | {times[2] / 60:.1f} |" in page and "From scratch: **" in page
@@ -251,16 +242,28 @@ def test_report_builds_the_benchmarks_page(results, tmp_path):
 def test_regimes_are_the_configs_they_describe():
     from benchmarks.regimes import REGIMES
 
+    makefile = (ROOT / "Makefile").read_text()
     for name, regime in REGIMES.items():
         config = json.loads((ROOT / "configs" / "experiments" / regime.config).read_text())
         assert config["max_steps"] > 0, name
         if regime.kind == "overfitting":
             # Memorization must be visible: the runs score their noisy training labels during training.
             assert config["eval_strategy"] == "steps" and config["eval_train_samples"] > 0, name
-        noise = config.get("label_noise", 0.0)
         if regime.task == "glue":  # the text regime's noise is in its training CSV (`make data`)
             assert "fortunes-noisy" in config["train_file"] and "fortunes-noisy" in config["test_file"]
-            makefile = (ROOT / "Makefile").read_text()
             assert f"--output_dir $(dir $(FORTUNES_NOISY_CSV)) --label_noise {regime.label_noise}" in makefile
-        else:
-            assert noise == regime.label_noise, name
+            continue
+        # An image regime reads its seed's dataset folder; the config names seed 42's, which `make data` builds with
+        # the regime's own flags.
+        data = regime.image_data
+        folder = Path(data["output_dir"]).relative_to(ROOT).as_posix()
+        assert config["dataset_name"] == f"{folder}/seed{config['seed']}" == f"{folder}/seed42", name
+        assert data.get("label_noise", 0.0) == regime.label_noise, name
+        assert regime.data_flags(42) == ["--dataset_name", config["dataset_name"]], name
+        rule = makefile[makefile.index(f"-m benchmarks.fashion_mnist --output_dir {folder} ") :].split("\n\n")[0]
+        flags = rule.replace("\\\n", " ").split()
+        for key in ("train_samples", "validation_samples", "label_noise"):
+            if key in data:
+                assert flags[flags.index(f"--{key}") + 1] == f"{data[key]:g}", (name, key)
+            else:
+                assert f"--{key}" not in flags, (name, key)

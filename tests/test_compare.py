@@ -77,10 +77,24 @@ def test_compare_reuses_a_finished_run_only_if_command_config_and_code_are_uncha
     assert len(launches) == 3  # the library or an example script changed: run again
 
 
+def test_a_run_that_logs_nothing_of_aesam_hf_counts_one_pass_per_step_and_no_sam_step(tmp_path, monkeypatch):
+    """A stock optimizer name (`--optim adamw_torch`) behaves like the stock Trainer and logs no `sam/*` key."""
+
+    def fake_run(cmd, **kwargs):
+        run_dir = pathlib.Path(cmd[cmd.index("--output_dir") + 1])
+        (run_dir / "all_results.json").write_text(json.dumps({"test_accuracy": 0.5, "train_runtime": 1.0}))
+        (run_dir / "trainer_state.json").write_text(json.dumps({"global_step": 8, "log_history": []}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    row = runner.Runner("image", str(tmp_path)).run("adamw_torch", 1, [])
+    assert (row["passes"], row["passes_per_step"], row["sam_fraction"]) == (8, 1.0, 0.0)
+
+
 def test_code_fingerprint_covers_the_library_the_examples_and_the_data_builders():
     covered = {p.relative_to(ROOT).as_posix() for pattern in runner.RUN_CODE for p in ROOT.glob(pattern)}
     expected = {"examples/run_glue.py", "examples/run_image_classification.py", "aesam_hf/trainer.py"}
-    assert expected | {"benchmarks/fortunes.py", "benchmarks/data.py"} <= covered
+    assert expected | {"benchmarks/fortunes.py", "benchmarks/data.py", "benchmarks/fashion_mnist.py"} <= covered
     assert not any(path.startswith("benchmarks/runner") for path in covered)  # the launcher is not what trains
 
 

@@ -1,4 +1,5 @@
-"""The benchmarks' data: the fortunes topic CSVs (`make data`), symmetric label noise, Fashion-MNIST as arrays."""
+"""The benchmarks' data: the fortunes topic CSVs and the Fashion-MNIST subsets (`make data`), symmetric label noise,
+Fashion-MNIST's IDX files as arrays."""
 
 import gzip
 
@@ -6,18 +7,11 @@ import numpy as np
 import pytest
 from example_utils import load_example, require_fashion_mnist
 
-from benchmarks import data, fortunes, workloads
+from benchmarks import data, fashion_mnist, fortunes, workloads
 
 
-@pytest.fixture(params=["benchmarks", "example"])
-def label_noise(request):
-    """The benchmarks' copy and the image example's: both flip labels the same way."""
-    if request.param == "example":
-        return load_example("run_image_classification").symmetric_label_noise
-    return data.symmetric_label_noise
-
-
-def test_symmetric_label_noise_flips_exactly_that_fraction_to_other_classes(label_noise):
+def test_symmetric_label_noise_flips_exactly_that_fraction_to_other_classes():
+    label_noise = data.symmetric_label_noise
     labels = np.repeat(np.arange(10), 50)
     noisy = label_noise(labels, 10, 0.4, seed=3)
     assert (noisy != labels).sum() == 200
@@ -25,12 +19,6 @@ def test_symmetric_label_noise_flips_exactly_that_fraction_to_other_classes(labe
     assert len(np.unique(noisy[noisy != labels])) == 10  # flips reach every class
     with pytest.raises(ValueError, match="label_noise"):
         label_noise(labels, 10, 1.0, seed=0)
-
-
-def test_both_copies_of_label_noise_agree():
-    labels = np.arange(40) % 4
-    example = load_example("run_image_classification").symmetric_label_noise
-    assert np.array_equal(data.symmetric_label_noise(labels, 4, 0.25, seed=1), example(labels, 4, 0.25, seed=1))
 
 
 def test_fortunes_dataset_is_clean_split_and_stratified(fortunes_csv):
@@ -65,11 +53,50 @@ def test_fortune_files_parse_overstrike(tmp_path):
 
 
 @require_fashion_mnist
-def test_fashion_mnist_arrays_are_the_examples_images():
+def test_fashion_mnist_arrays():
     images, labels = data.fashion_mnist_arrays("test")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8 and labels[0] == 9  # a boot
-    example = load_example("run_image_classification").load_fashion_mnist()["test"]
-    assert np.array_equal(np.asarray(example[0]["image"]), images[0])
+
+
+@pytest.fixture(scope="module")
+def noisy_subset(tmp_path_factory):
+    """The image-noisy regime's seed 42 (the demo's), built as `make data` builds it."""
+    out = tmp_path_factory.mktemp("fashion-mnist-noisy")
+    flags = ["--output_dir", out, "--seeds", "42", "--label_noise", "0.4"]
+    folders = fashion_mnist.main([*map(str, flags), "--train_samples", "2000", "--validation_samples", "2000"])
+    return folders[42]
+
+
+@require_fashion_mnist
+def test_fashion_mnist_subsets_are_the_draw_of_the_earlier_results(noisy_subset):
+    """The examples and flipped labels the image example drew before the data moved to files (checked image by image
+    against that code when it moved; pinned here by their indices in the IDX files and their labels)."""
+    from datasets import load_dataset
+
+    dataset = load_dataset(str(noisy_subset))  # as the image example reads it: `--dataset_name <folder>`
+    assert {split: len(ds) for split, ds in dataset.items()} == {"train": 2000, "validation": 2000, "test": 10000}
+    train, validation = dataset["train"], dataset["validation"]
+    assert train["index"][:6] == [50585, 7520, 53068, 7353, 57487, 50743]
+    assert validation["index"][:6] == [47537, 12487, 41538, 22406, 10503, 21932]
+    assert dataset["test"]["index"][:3] == [0, 1, 2]  # the whole test set, in order
+    # 40% of the training labels flipped, each to another class; validation and test keep the true ones.
+    assert sum(a != b for a, b in zip(train["label"], train["clean_label"], strict=True)) == 800
+    assert [(train["label"][i], train["clean_label"][i]) for i in (8, 9, 10)] == [(0, 7), (3, 6), (4, 0)]
+    images, labels = data.fashion_mnist_arrays("train")
+    assert validation["label"][:6] == labels[validation["index"][:6]].tolist()
+    assert np.array_equal(np.asarray(train[0]["image"]), images[50585])
+    assert train.features["label"].names == list(fashion_mnist.CLASSES)
+
+
+@require_fashion_mnist
+def test_fashion_mnist_folders_are_built_once_per_spec(noisy_subset, capsys):
+    flags = ["--output_dir", str(noisy_subset.parent), "--seeds", "42", "--label_noise", "0.4"]
+    fashion_mnist.main([*flags, "--train_samples", "2000", "--validation_samples", "2000"])
+    assert capsys.readouterr().out == ""  # already there with the same spec: not rebuilt
+    with pytest.raises(ValueError, match="label_noise"):
+        fashion_mnist.FashionMNISTArguments(label_noise=1.0)
+    with pytest.raises(ValueError, match="train_samples"):
+        fashion_mnist.FashionMNISTArguments(train_samples=0)
 
 
 def test_idx_errors_name_the_file(tmp_path):

@@ -66,6 +66,18 @@ def test_run_glue_on_fortunes_csv_with_tiny_bert(fortunes_csv, tiny_bert_dir, tm
 
 
 @require_fortunes
+def test_run_glue_scores_a_training_subset_against_its_labels_at_every_evaluation(
+    fortunes_csv, tiny_bert_dir, tmp_path
+):
+    during = ["--eval_strategy", "steps", "--eval_steps", "2", "--eval_train_samples", "16", "--max_steps", "4"]
+    metrics = run_glue.main(glue_args(tiny_bert_dir, fortunes_csv, tmp_path, "--optim", "sam", *during))
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    # `aesam_hf.callbacks.TrainSubsetCallback`: once per evaluation, and in the final metrics.
+    assert [e["step"] for e in history if "train_subset_accuracy" in e] == [2, 4]
+    assert 0.0 <= metrics["train_subset_accuracy"] <= 1.0 and "eval_accuracy" in metrics
+
+
+@require_fortunes
 @pytest.mark.slow
 def test_run_glue_fine_tunes_pretrained_minilm(fortunes_csv, tmp_path):
     extra = ["--optim", "sam", "--max_steps", "3", "--gradient_accumulation_steps", "2"]

@@ -1,9 +1,9 @@
 """`examples/run_image_classification.py` end to end on tiny slices of real and built data, and what it carries
-inline: the transforms, the Fashion-MNIST IDX reader, the accuracy metric's fallback (its label noise is tested with
-the benchmarks' copy, in `test_data_builders.py`).
+inline: the transforms and the accuracy metric's fallback. The Fashion-MNIST subsets it reads are built and tested in
+`benchmarks/fashion_mnist.py` and `test_data_builders.py`.
 """
 
-import gzip
+import json
 import logging
 
 import huggingface_hub.constants
@@ -16,21 +16,33 @@ from transformers import ViTForImageClassification, ViTImageProcessor
 
 
 run_image_classification = load_example("run_image_classification")
-FASHION_MNIST_DIR = run_image_classification.FASHION_MNIST_DIR
 
 
 def image_args(output_dir, *extra) -> list[str]:
     return [str(a) for a in ["--do_train", "--do_eval", "--output_dir", output_dir, *QUIET, *extra]]
 
 
+@pytest.fixture(scope="module")
+def noisy_fashion_mnist(tmp_path_factory):
+    """A small noisy Fashion-MNIST dataset folder, as `python -m benchmarks.fashion_mnist` writes them."""
+    from benchmarks import fashion_mnist
+
+    out = tmp_path_factory.mktemp("fashion-mnist")
+    flags = ["--train_samples", "256", "--validation_samples", "64", "--test_samples", "64", "--label_noise", "0.4"]
+    return fashion_mnist.main(["--output_dir", str(out), "--seeds", "42", *flags])[42]
+
+
 @require_fashion_mnist
-def test_run_image_classification_on_fashion_mnist_with_label_noise(tmp_path):
-    samples = ["--max_train_samples", "256", "--max_eval_samples", "64", "--max_predict_samples", "64"]
-    run = ["--do_predict", "--max_steps", "5", "--per_device_train_batch_size", "32", "--optim", "aelooksam"]
-    data = ["--fashion_mnist_dir", FASHION_MNIST_DIR, "--label_noise", "0.4"]
-    metrics = run_image_classification.main(image_args(tmp_path, *data, *samples, *run))
+def test_run_image_classification_on_a_noisy_dataset_folder_watches_memorization(noisy_fashion_mnist, tmp_path):
+    run = ["--do_predict", "--max_steps", "6", "--per_device_train_batch_size", "32", "--optim", "aelooksam"]
+    during = ["--eval_strategy", "steps", "--eval_steps", "3", "--eval_train_samples", "40"]
+    data = ["--dataset_name", noisy_fashion_mnist]
+    metrics = run_image_classification.main(image_args(tmp_path, *data, *run, *during))
     assert metrics["train_samples"] == 256 and metrics["test_samples"] == 64
-    assert {"eval_accuracy", "test_accuracy", "sam/fraction_total"} <= set(metrics)
+    assert {"eval_accuracy", "test_accuracy", "sam/fraction_total", "train_subset_accuracy"} <= set(metrics)
+    # The training subset was scored at each evaluation during training (`aesam_hf.callbacks.TrainSubsetCallback`).
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "train_subset_accuracy" in e] == [3, 6]
     model = ViTForImageClassification.from_pretrained(tmp_path)
     assert model.config.image_size == 28 and model.config.num_channels == 1
     assert model.config.id2label[9] == "Ankle boot"
@@ -96,12 +108,14 @@ def test_image_transform_resizes_and_adapts_channels():
 
 def test_run_image_classification_errors_name_the_argument(tmp_path):
     main, out = run_image_classification.main, ["--output_dir", str(tmp_path)]
-    with pytest.raises(ValueError, match="--fashion_mnist_dir"):
+    with pytest.raises(ValueError, match="--dataset_name"):
         main(out)
-    with pytest.raises(ValueError, match="label_noise"):
-        main(["--fashion_mnist_dir", "x", "--label_noise", "1", *out])
+    with pytest.raises(ValueError, match="train_dir"):
+        main(["--dataset_name", "x", "--train_dir", "y", *out])
+    with pytest.raises(ValueError, match="eval_train_samples"):
+        main(["--dataset_name", "x", "--eval_train_samples", "-1", *out])
     with pytest.raises(ValueError, match="config_overrides"):
-        main(["--fashion_mnist_dir", "x", "--model_name_or_path", "m", "--config_overrides", "hidden_size=8", *out])
+        main(["--dataset_name", "x", "--model_name_or_path", "m", "--config_overrides", "hidden_size=8", *out])
 
 
 def test_accuracy_metric_is_computed_locally_offline_or_when_evaluate_fails(monkeypatch, caplog):
@@ -124,35 +138,14 @@ def test_accuracy_metric_is_computed_locally_offline_or_when_evaluate_fails(monk
     assert calls == [("accuracy",)] and "ConnectionError" in caplog.text
 
 
-# ---- the Fashion-MNIST loader ----
-
-
-@require_fashion_mnist
-def test_fashion_mnist_loads_both_splits():
-    data = run_image_classification.load_fashion_mnist()
-    assert {split: len(ds) for split, ds in data.items()} == {"train": 60000, "test": 10000}
-    first = data["test"][0]
-    assert np.asarray(first["image"]).shape == (28, 28) and first["label"] == 9  # the first test image: a boot
-
-
-def test_loader_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
-        run_image_classification.load_fashion_mnist(data_dir=str(tmp_path))
-    bad = tmp_path / "bad-idx1-ubyte.gz"
-    with gzip.open(bad, "wb") as f:
-        f.write(b"\x00\x00\x09\x01" + b"\x00" * 8)
-    with pytest.raises(ValueError, match="bad-idx1-ubyte.gz"):
-        run_image_classification.load_idx(bad)
-
-
 # ---- under `accelerate launch`, 2 CPU processes ----
 
 
 @require_fashion_mnist
 @pytest.mark.distributed
-def test_run_image_classification_under_accelerate_launch_two_cpu_processes(tmp_path):
-    samples = ["--max_train_samples", "256", "--max_eval_samples", "64", "--max_predict_samples", "64"]
+def test_run_image_classification_under_accelerate_launch_two_cpu_processes(noisy_fashion_mnist, tmp_path):
     run = ["--optim", "aelooksam", "--max_steps", "4", "--per_device_train_batch_size", "16", "--use_cpu", "true"]
-    args = [EXPERIMENTS / "image_fashion_mnist_vit.json", *samples, *run, "--output_dir", tmp_path, *QUIET]
+    data = ["--dataset_name", noisy_fashion_mnist, "--max_predict_samples", "64"]
+    args = [EXPERIMENTS / "image_fashion_mnist_vit.json", *data, *run, "--output_dir", tmp_path, *QUIET]
     job = accelerate_launch(EXAMPLES / "run_image_classification.py", args, config_file=MULTI_CPU_CONFIG, timeout=300)
     assert_two_ranks_ran(job, tmp_path, steps=4)
