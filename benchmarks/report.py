@@ -340,6 +340,20 @@ def results_table(study: dict, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_RESULTS = ("<!-- results:start -->", "<!-- results:end -->")
+
+
+def write_readme_results(readme: Path, table: str) -> None:
+    """Put the headline table between the README's result markers: the README's numbers come from the JSON too."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = README_RESULTS
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} block for the results table.")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table.rstrip()}\n{end}{tail}", encoding="utf-8")
+
+
 def looksam_section(payload: dict) -> str:
     seeds = ", ".join(map(str, payload["arguments"]["seeds"]))
     out = [
@@ -500,6 +514,9 @@ def main(argv: list[str] | None = None) -> Path:
     if study:
         table = results_table(study, f"`{results / 'accuracy' / 'accuracy.json'}`")
         (docs / "results_table.md").write_text(table, encoding="utf-8")
+        readme = docs.parent / "README.md"
+        if readme.is_file():
+            write_readme_results(readme, table)
     looksam = load(results / "looksam_alpha" / "looksam_alpha.json")
     parts += [looksam_section(looksam) if looksam else "### LookSAM's reuse weight α\n\nNot run.\n"]
     parts += [wall_time_section(results)]

@@ -60,10 +60,10 @@ def test_experiment_configs_parse_and_flags_override_them(config):
     # `use_cpu`: the online configs ask for bf16, which TrainingArguments refuses on a machine without a GPU.
     _, _, training_args = script.parse_args(parser, [str(config), "--seed", "7", "--use_cpu", "true"])
     assert training_args.seed == 7  # a flag after the file overrides it
-    assert training_args.optim == json.loads(config.read_text())["optim"] == "aesam"
+    assert training_args.sam_policy == json.loads(config.read_text())["optim"] == "aesam"
     # The policy is a flag: one config per task, every policy.
     _, _, training_args = script.parse_args(parser, [str(config), "--optim", "sam", "--use_cpu", "true"])
-    assert training_args.optim == "sam"
+    assert training_args.sam_policy == "sam"
 
 
 def test_the_experiment_configs_are_the_documented_ones():
