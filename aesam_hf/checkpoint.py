@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .controller import SAMController
+from .controller import PolicyMismatchError, SAMController
 from .state import StateError, field_of
 
 
@@ -116,17 +116,16 @@ def resume(
             "policy."
         )
     current = controller.policy.name
-    if saved != current and not fresh:
-        raise ValueError(
-            f"{where} was trained with the {saved!r} policy (`policy_name` in `{path}`) and this run uses {current!r}. "
-            f"To continue it under "
-            f"{current!r} with fresh statistics (the counters continue), pass `--{_FRESH_FLAG} true`; to resume it "
-            f"as it was, pass `--optim {saved}`."
-        )
     try:
         controller.load_state_dict(state, policy_state=not fresh)
     except StateError as err:
         raise _unusable(path, str(err)) from None
+    except PolicyMismatchError:
+        raise ValueError(
+            f"{where} was trained with the {saved!r} policy (`policy_name` in `{path}`) and this run uses {current!r}. "
+            f"To continue it under {current!r} with fresh statistics (the counters continue), pass "
+            f"`--{_FRESH_FLAG} true`; to resume it as it was, pass `--optim {saved}`."
+        ) from None
     if fresh:
         logger.warning(f"Resuming at step {global_step} under {current!r} (was {saved!r}) with fresh statistics.")
     old, new = state["settings"], controller.saved_settings()

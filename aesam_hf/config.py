@@ -116,8 +116,8 @@ class AESAMConfig(SAMSettings, TrainingArguments):
         > Parameters that choose the policy
 
         optim (`str`, *optional*, defaults to `"aesam"`):
-            A SAM policy (`aesam_hf.POLICIES`: `erm`, `sam`, `random`, `periodic`, `looksam`, `aesam`, `aelooksam`,
-            `scheduled`), run on top of `sam_base_optim`; or a stock optimizer name (`"adamw_torch"`, `"sgd"`, ...),
+            A SAM policy (a name of `aesam_hf.POLICIES`; `--help` lists them with their settings), run on top of
+            `sam_base_optim`; or a stock optimizer name (`"adamw_torch"`, `"sgd"`, ...),
             which means exactly the stock Trainer with that optimizer. After `__post_init__` it holds the stock
             optimizer that takes the steps, and the policy is in `sam_policy`.
         sam_policy (`str` or `None`, *optional*, defaults to `None`):

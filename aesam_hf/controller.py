@@ -41,6 +41,17 @@ from .sam import LookSAMGeometry, apply_looksam_, grad_norm_sq, looksam_directio
 from .sharding import all_reduce_sum, local_tensors, shard_group, shard_of
 
 
+class PolicyMismatchError(ValueError):
+    """A saved state of another policy: `saved` and `current` name both (the checkpoint module says which flag to pass)."""
+
+    def __init__(self, saved: str, current: str):
+        self.saved, self.current = saved, current
+        super().__init__(
+            f"The SAM state is for policy {saved!r}, this run uses {current!r}; resume with the same policy, or start "
+            "the policy afresh (`load_state_dict(state, policy_state=False)` keeps the counters)."
+        )
+
+
 @dataclass
 class StepRecord:
     """What the controller did at one optimizer step: read it from `SAMController.record` after the step.
@@ -393,10 +404,7 @@ class SAMController:
         if policy_state:
             name = saved.field_of(state, "policy_name")
             if name != self.policy.name:
-                raise ValueError(
-                    f"The checkpoint's SAM state is for policy {name!r}, this run uses {self.policy.name!r}; "
-                    "resume with the same `optim`, or start the policy afresh."
-                )
+                raise PolicyMismatchError(name, self.policy.name)
             g_v, g_v_norm = self._check_g_v(state)
             self.policy.load_state_dict(saved.field_of(state, "policy"))  # checks its fields before setting them
             if g_v is None:

@@ -101,28 +101,29 @@ def check(name: str, value: Any) -> None:
 @dataclass
 class SAMSettings:
     r"""
-    The settings of the SAM policies and of the SAM step. Every field is checked when the record is built.
+    The settings of the SAM policies and of the SAM step. Every field is checked when the record is built. Which
+    policy reads which setting is declared by the policy classes (`uses`), and listed by `--optim`'s help.
 
     Parameters:
         sam_rho (`float`, *optional*, defaults to `0.05`):
-            Radius of the SAM neighbourhood, a finite number >= 0 (every policy that takes SAM steps).
+            Radius of the SAM neighbourhood, a finite number >= 0.
         sam_adaptive (`bool`, *optional*, defaults to `False`):
             Use ASAM's scale-invariant perturbation `rho * w² g / ||w g||`.
         looksam_alpha (`float`, *optional*, defaults to `0.1`):
-            Weight >= 0 of the reused SAM direction on non-SAM steps (`looksam`, `aelooksam`). The LookSAM paper used
+            Weight >= 0 of the reused SAM direction on non-SAM steps (the LookSAM policies). The LookSAM paper used
             `0.7`, which collapsed LookSAM on our image task (`docs/algorithm.md`, "The LookSAM gradient").
         sam_interval (`int`, *optional*, defaults to `5`):
-            `k` of `periodic` and `looksam`: a SAM step when `step % k == 0`.
+            `k`: a SAM step when `step % k == 0`.
         sam_probability (`float`, *optional*, defaults to `0.5`):
-            `p` of `random`: the probability of a SAM step, drawn from a generator seeded with the run's seed.
+            `p`: the probability of a SAM step, drawn from a generator seeded with the run's seed.
         aesam_delta (`float`, *optional*, defaults to `0.9`):
-            EMA rate, in (0, 1), of the running mean and variance of ||g||² (`aesam`, `aelooksam`).
+            EMA rate, in (0, 1), of the running mean and variance of ||g||².
         aesam_lambda1 (`float`, *optional*, defaults to `-1.0`):
-            Threshold coefficient c_t at the end of training (`aesam`, `aelooksam`, `scheduled`).
+            Threshold coefficient c_t at the end of training.
         aesam_lambda2 (`float`, *optional*, defaults to `1.0`):
-            Threshold coefficient c_t at the start of training (`aesam`, `aelooksam`, `scheduled`).
+            Threshold coefficient c_t at the start of training.
         aesam_budget (`float` or `None`, *optional*, defaults to `None`):
-            The fraction of SAM steps you can afford over the run, in (0, 1) (`aesam`, `aelooksam`, `scheduled`):
+            The fraction of SAM steps you can afford over the run, in (0, 1):
             the adaptive policies still choose *which* steps by ||g||², with a threshold corrected so that the run's
             fraction lands on it. `None`: the paper's schedule alone decides.
     """
@@ -134,10 +135,10 @@ class SAMSettings:
     # [choice] The LookSAM paper's 0.7 collapsed LookSAM on the project's image task (validation 62% against 83.5% at
     # 0.1) and on the regression test task; 0.1 did not. `--looksam_alpha 0.7` gives the paper's value.
     looksam_alpha: float = field(
-        default=0.1, metadata={"help": "Weight >= 0 of the reused SAM direction on non-SAM steps (LookSAM policies)."}
+        default=0.1, metadata={"help": "Weight >= 0 of the reused SAM direction on non-SAM steps."}
     )
-    sam_interval: int = field(default=5, metadata={"help": "k: a SAM step when step %% k == 0 (periodic, looksam)."})
-    sam_probability: float = field(default=0.5, metadata={"help": "p: the probability of a SAM step (random)."})
+    sam_interval: int = field(default=5, metadata={"help": "k: a SAM step when step %% k == 0."})
+    sam_probability: float = field(default=0.5, metadata={"help": "p: the probability of a SAM step at each step."})
     aesam_delta: float = field(
         default=0.9, metadata={"help": "EMA rate, in (0, 1), of the running mean and variance of ||g||^2."}
     )

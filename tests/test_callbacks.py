@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from testing_utils import CPU_TEST_ARGS
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
@@ -44,17 +45,8 @@ def accuracy(p) -> dict[str, float]:
     return {"accuracy": float((np.argmax(p.predictions, axis=-1) == p.label_ids).mean())}
 
 
-ARGS = dict(
-    report_to="none",
-    use_cpu=True,
-    disable_tqdm=True,
-    per_device_train_batch_size=8,
-    max_steps=4,
-    eval_strategy="steps",
-    eval_steps=2,
-    save_strategy="no",
-    logging_steps=1,
-)
+# The shared CPU test arguments, evaluating every 2 steps.
+ARGS = {**CPU_TEST_ARGS, "max_steps": 4, "eval_strategy": "steps", "eval_steps": 2}
 
 
 def entries(trainer, key: str) -> list[dict]:
@@ -64,7 +56,7 @@ def entries(trainer, key: str) -> list[dict]:
 def test_any_trainer_logs_the_fit_of_a_training_subset_to_its_labels_at_every_evaluation(tmp_path):
     # lr 0: the model keeps predicting the true class, so its fit to the subset's labels is exactly the share of
     # labels that are right (here 1 - 0.25): a fit to the *given* labels, noisy ones included.
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=0.0, **ARGS)
+    args = TrainingArguments(output_dir=str(tmp_path), **{**ARGS, "learning_rate": 0.0})
     subset = Points(16, flip=0.25, seed=1)
     trainer = Trainer(
         model=SignClassifier(),
@@ -88,7 +80,7 @@ def test_any_trainer_logs_the_fit_of_a_training_subset_to_its_labels_at_every_ev
 def test_training_that_memorizes_shows_in_the_subset_fit(tmp_path):
     # Trained on the noisy points themselves, the fit to their labels climbs above the share that is right.
     noisy = Points(16, flip=0.25, seed=1)
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=0.5, **{**ARGS, "max_steps": 60})
+    args = TrainingArguments(output_dir=str(tmp_path), **{**ARGS, "learning_rate": 0.5, "max_steps": 60})
     trainer = Trainer(model=SignClassifier(), args=args, train_dataset=noisy, eval_dataset=Points(24, seed=2))
     trainer.compute_metrics = accuracy
     trainer.add_callback(TrainSubsetCallback(trainer, noisy, metric_key_prefix="noisy_train"))
@@ -102,7 +94,7 @@ def test_with_a_sam_policy_the_subset_evaluation_leaves_training_unchanged(tmp_p
 
     def run(with_callback: bool) -> tuple[list, dict]:
         torch.manual_seed(0)
-        args = AESAMConfig(output_dir=str(tmp_path), learning_rate=0.1, optim="aesam", seed=3, **ARGS)
+        args = AESAMConfig(output_dir=str(tmp_path), **{**ARGS, "learning_rate": 0.1, "optim": "aesam", "seed": 3})
         trainer = AESAMTrainer(
             model=SignClassifier(),
             args=args,

@@ -172,7 +172,7 @@ def test_controller_state_dict_round_trip():
     assert (other.t, other.passes, other.sam_steps) == (sam.t, sam.passes, sam.sam_steps)
     for a, b in zip(other.g_v, sam.g_v):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="optim"):
+    with pytest.raises(ValueError, match="is for policy .aelooksam., this run uses .sam."):
         SAMController(_model().parameters(), make_policy("sam")).load_state_dict(state)
 
 
