@@ -283,7 +283,7 @@ class AESAMTrainerMixin:
         """
         controller = self._sam_controller
         if controller is None or not controller.policy.can_sam:
-            return  # `erm` and stock optimizer names behave exactly as the stock Trainer does
+            return  # `erm` lets every gradient through, as the stock Trainer does (stock names build no controller)
         if controller.weights_are_finite():  # under FSDP2: the local shards, the same answer on every rank
             return
         raise FloatingPointError(
