@@ -210,6 +210,12 @@ class AESAMConfig(SAMSettings, TrainingArguments):
         anything, which a warning says.
         """
         policy = None if self.sam_policy is None else POLICIES[self.sam_policy]
+        for name in () if policy is None else policy.requires:
+            if getattr(self, name) is None:
+                raise ValueError(
+                    f"`{name}` (None) must be set for `optim` {policy.name!r}: it is the fraction of the run, in (0, 1), "
+                    f"that takes SAM steps (e.g. `--{name} 0.2`)."
+                )
         used = () if policy is None else policy.used_settings()
         ignored = [name for name in self.non_default() if name not in used]
         if (policy is None or not policy.can_sam) and not self.sam_freeze_bn_stats:

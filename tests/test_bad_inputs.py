@@ -198,6 +198,11 @@ def test_a_setting_the_policy_does_not_use_is_warned_about(tmp_path, optim, kwar
     assert all(f"`{name}`" in message for name in ignored), message
 
 
+def test_late_without_a_budget_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"`aesam_budget` \(None\) must be set for `optim` 'late'"):
+        _config(tmp_path, optim="late")
+
+
 def test_settings_the_policy_uses_are_not_warned_about(tmp_path):
     import warnings
 

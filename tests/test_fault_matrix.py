@@ -28,6 +28,7 @@ POLICY_ARGS = {
     SAMPolicyName.RANDOM: {"sam_probability": 0.5},
     SAMPolicyName.PERIODIC: {"sam_interval": 2},
     SAMPolicyName.LOOKSAM: {"sam_interval": 2},
+    SAMPolicyName.LATE: {"aesam_budget": 0.5},
 }
 # 16 examples in batches of 8: an epoch is 2 steps, so `epoch` saves at steps 2, 4 and 6 like `steps` every 2.
 STRATEGIES = {

@@ -30,13 +30,15 @@ def test_registry_names_match_classes(name):
 
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_state_dict_resumes_the_same_decisions(name):
-    policy = make_policy(name, total_steps=200, seed=3)
+    # Every policy from one record: the settings a policy requires are given, the others are its defaults.
+    settings = SAMSettings(aesam_budget=0.5) if POLICIES[name].requires else None
+    policy = make_policy(name, settings, total_steps=200, seed=3)
     xs = _xs()
     first = [policy.decide(t, x) for t, x in enumerate(xs[:100])]
     snapshot = copy.deepcopy(policy.state_dict())
     rest = [policy.decide(t, x) for t, x in enumerate(xs[100:], start=100)]
 
-    resumed = make_policy(name, total_steps=200, seed=3)
+    resumed = make_policy(name, settings, total_steps=200, seed=3)
     resumed.load_state_dict(snapshot)
     assert [resumed.decide(t, x) for t, x in enumerate(xs[100:], start=100)] == rest
     if name == SAMPolicyName.ERM:
@@ -161,6 +163,19 @@ def test_scheduled_expects_exactly_the_budget_on_a_run_of_any_length(steps, budg
     # solved on the continuous schedule made it draw 0.271 on average.
     policy = make_policy("scheduled", total_steps=steps, aesam_budget=budget)
     assert sum(policy.rate(t) for t in range(steps)) / steps == pytest.approx(budget, abs=1e-6)
+
+
+@pytest.mark.parametrize("steps, budget", [(10, 0.3), (10, 0.25), (7, 0.5), (1000, 0.1), (3, 0.1)])
+def test_late_takes_sam_steps_on_exactly_the_last_fraction_of_the_run(steps, budget):
+    policy = make_policy("late", total_steps=steps, aesam_budget=budget)
+    decisions = [policy.decide(t, None) for t in range(steps)]
+    last = round(budget * steps)
+    assert decisions == [False] * (steps - last) + [True] * last
+
+
+def test_late_needs_a_budget():
+    with pytest.raises(ValueError, match=r"`aesam_budget` \(None\) must be set for the 'late' policy"):
+        make_policy("late", total_steps=10)
 
 
 def test_a_budget_over_a_short_run_warns_that_it_cannot_be_held():

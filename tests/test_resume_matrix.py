@@ -35,12 +35,15 @@ POLICY_ARGS = {
 }
 BUDGETED = [name for name, cls in POLICIES.items() if "aesam_budget" in cls.uses]
 READS_X = {name.value for name, cls in POLICIES.items() if cls.uses_grad_norm}
+REQUIRE_BUDGET = {name.value for name, cls in POLICIES.items() if "aesam_budget" in cls.requires}
 
 
 def _cases() -> list:
     cases = []
     for optim in [*(p.value for p in POLICIES), "adamw_torch"]:
         budgets = (None, 0.4) if optim in {p.value for p in BUDGETED} else (None,)
+        if optim in REQUIRE_BUDGET:
+            budgets = (0.4,)
         for ga in (1, 2):
             for batches in ("full", "short"):
                 for budget in budgets:
