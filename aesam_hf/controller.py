@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import state as saved
 from .policies import SAMPolicy
-from .sam import LookSAMGeometry, apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
+from .sam import EPS, LookSAMGeometry, apply_looksam_, grad_norm_sq, looksam_direction_, sam_perturbation_
 from .sharding import all_reduce_sum, local_tensors, shard_group, shard_of
 
 
@@ -132,6 +132,8 @@ class SAMController:
         self._policy_before: dict[str, Any] | None = None
         self._grad_scale: float | None = None  # the loss scale of the current SAM step's gradients
         self._active: list[int] | None = None  # indices of the params perturbed in the current SAM step
+        self._momentum_active = False  # Momentum-SAM: the weights are at w - rho * m / ||m|| until restored
+        self._momentum_index: list[int] = []
 
     # ---- the step: measure, decide, act ----
 
@@ -344,10 +346,52 @@ class SAMController:
             # The scratch now holds g_v: swap the buffers instead of copying.
             self.g_v, self._g_scratch = self._g_scratch, self.g_v
 
+    # ---- Momentum-SAM: one pass at w - rho * m / ||m|| ----
+
+    def momentum_perturb(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Before the step's first forward pass: move the weights to w - rho * m / ||m|| (`msam`). True if moved.
+
+        m is the optimizer's momentum (AdamW's raw `exp_avg`, SGD's `momentum_buffer`; a wrapper such as
+        Accelerate's is looked through), the norm one global L2 norm over every parameter of every group, as in the
+        reference code. No momentum yet (the first step) or rho = 0: the weights stay at w, so rho = 0 is the base
+        optimizer exactly. One host read per step (the norm). Call `momentum_restore()` after the last backward pass.
+        """
+        if self._shard_group is not None:
+            raise ValueError("The 'msam' policy does not support parameters sharded with FSDP2 yet; use DDP.")
+        rho = self.settings.sam_rho
+        state = getattr(optimizer, "optimizer", optimizer).state
+        pairs = [(p, state.get(p, {})) for p in self.params]
+        pairs = [(p, s.get("exp_avg", s.get("momentum_buffer"))) for p, s in pairs]
+        pairs = [(p, m) for p, m in pairs if m is not None]
+        if rho == 0.0 or not pairs:
+            return False
+        params, moments = [p for p, _ in pairs], [m for _, m in pairs]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(moments, 2)), 2).item()
+        if not math.isfinite(norm) or norm == 0.0:
+            return False  # nothing to move along (or a non-finite momentum, which the step's own check will see)
+        if self._w_saved is None:
+            self._w_saved = [torch.empty_like(p) for p in self.params]
+        moved = {id(p) for p in params}
+        self._momentum_index = [i for i, p in enumerate(self.params) if id(p) in moved]
+        with torch.no_grad():
+            torch._foreach_copy_([self._w_saved[i] for i in self._momentum_index], params)
+            torch._foreach_add_(params, moments, alpha=-rho / (norm + EPS))
+        self._momentum_active = True
+        return True
+
+    def momentum_restore(self) -> None:
+        """After the step's last backward pass: w back by copy (the gradients, taken at the moved weights, stay)."""
+        if not self._momentum_active:
+            return
+        index, self._momentum_active = self._momentum_index, False
+        with torch.no_grad():
+            torch._foreach_copy_([self.params[i] for i in index], [self._w_saved[i] for i in index])
+
     def abort(self) -> None:
         """Restore w after a failed second pass (an exception), so that a retry starts from the right weights."""
         if self._active is not None:
             self._restore_weights()
+        self.momentum_restore()
 
     def _restore_weights(self) -> list[int]:
         if self._active is None:

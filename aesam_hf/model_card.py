@@ -28,7 +28,7 @@ def card_section(args: AESAMConfig, controller: SAMController | None, optimizer:
         f"([AE-SAM paper](https://huggingface.co/papers/2304.14647)) on top of the `{optimizer}` optimizer.",
         "",
     ]
-    if policy.can_sam:
+    if policy.can_sam or policy.momentum:
         lines.append(f"- SAM radius rho: {args.sam_rho:g}{' (ASAM, adaptive)' if args.sam_adaptive else ''}")
         fields = [name for name in policy.used_settings() if name not in ("sam_rho", "sam_adaptive")]
         if fields:

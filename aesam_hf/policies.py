@@ -47,8 +47,10 @@ class SAMPolicy:
     uses_grad_norm: ClassVar[bool] = False
     # True for the LookSAM-style policies: non-SAM steps reuse the cached SAM direction g_v.
     reuses_direction: ClassVar[bool] = False
-    # False only for ERM: lets callers skip caching inputs for a second pass that never comes.
+    # False for the one-pass policies: lets callers skip caching inputs for a second pass that never comes.
     can_sam: ClassVar[bool] = True
+    # True for Momentum-SAM: every step's single pass runs at weights moved along the optimizer's momentum.
+    momentum: ClassVar[bool] = False
 
     def __init__(self, settings: SAMSettings | None = None, total_steps: int | None = None, seed: int = 0):
         self.settings = settings if settings is not None else SAMSettings()
@@ -63,7 +65,7 @@ class SAMPolicy:
     @classmethod
     def used_settings(cls) -> tuple[str, ...]:
         """Every `SAMSettings` field a run of this policy reads: the SAM step's, then the decision's."""
-        step = ("sam_rho", "sam_adaptive") if cls.can_sam else ()
+        step = ("sam_rho", "sam_adaptive") if cls.can_sam else ("sam_rho",) if cls.momentum else ()
         reuse = ("looksam_alpha",) if cls.reuses_direction else ()
         return step + reuse + cls.uses
 
@@ -346,6 +348,24 @@ class LateSAMPolicy(SAMPolicy):
         return t >= self.first_sam_step
 
 
+class MomentumSAMPolicy(SAMPolicy):
+    """Momentum-SAM (Becker, Altrock, Risse 2024, https://huggingface.co/papers/2401.12033): one pass per step.
+
+    Every step's forward/backward pass runs at w - rho * m / ||m||, m the base optimizer's momentum (AdamW's first
+    moment `exp_avg`, SGD's `momentum_buffer`): the direction the optimizer is about to step in stands in for SAM's
+    ascent step, so no second pass is needed. The controller moves the weights before the step's first micro-batch
+    and puts them back by copy after its last (`SAMController.momentum_perturb` / `momentum_restore`); the optimizer
+    steps from w. `decide` takes no SAM step.
+    """
+
+    name = "msam"
+    can_sam = False
+    momentum = True
+
+    def decide(self, t: int, x: float | None) -> bool:
+        return False
+
+
 # Why a required setting has no default, by setting.
 _REQUIRED_WHY = {"aesam_budget": "the fraction of the run, in (0, 1), that takes SAM steps."}
 
@@ -368,6 +388,7 @@ POLICY_CLASSES: tuple[type[SAMPolicy], ...] = (
     AELookSAMPolicy,
     ScheduledRandomPolicy,
     LateSAMPolicy,
+    MomentumSAMPolicy,
 )
 
 

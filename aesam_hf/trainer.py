@@ -207,9 +207,18 @@ class AESAMTrainerMixin:
             # this holds references, not copies of the data.
             rng = capture_rng(self._sam_rng_devices)
             self._sam_micro_batches.append((copy.copy(inputs), num_items_in_batch, rng))
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        if controller.policy.momentum and not controller._momentum_active:
+            # Momentum-SAM: the step's first micro-batch; its passes run at w - rho * m / ||m||.
+            controller.momentum_perturb(self.optimizer)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except BaseException:
+            controller.momentum_restore()  # e.g. out of memory with `auto_find_batch_size`: retry from w
+            raise
         if not self.accelerator.sync_gradients:
             return loss  # not the last micro-batch: the step's gradient is not complete yet
+        # The optimizer, the clipping and every later evaluation or checkpoint see w, never the moved weights.
+        controller.momentum_restore()
 
         micro_batches, self._sam_micro_batches = self._sam_micro_batches, []
         try:
@@ -282,7 +291,7 @@ class AESAMTrainerMixin:
         through `save_model` (checkpoints of every save strategy, best-model tracking, the final save, Hub pushes).
         """
         controller = self._sam_controller
-        if controller is None or not controller.policy.can_sam:
+        if controller is None or not (controller.policy.can_sam or controller.policy.momentum):
             return  # `erm` lets every gradient through, as the stock Trainer does (stock names build no controller)
         if controller.weights_are_finite():  # under FSDP2: the local shards, the same answer on every rank
             return

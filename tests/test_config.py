@@ -13,7 +13,9 @@ from aesam_hf.config import POLICY_NAMES
 
 
 def _config(tmp_path, **kwargs):
-    return AESAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kwargs)
+    # `late` requires a budget: give it one, as a user must.
+    required = {"aesam_budget": 0.2} if kwargs.get("optim") == "late" else {}
+    return AESAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **{**required, **kwargs})
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
@@ -54,7 +56,7 @@ def test_a_config_round_trips_through_its_dict_and_json_to_the_same_run(tmp_path
     path = tmp_path / "config.json"
     path.write_text(json.dumps(args.to_dict()))
     (again,) = HfArgumentParser(AESAMConfig).parse_json_file(str(path))
-    for name in ("optim", "sam_policy", "sam_base_optim", "sam_rho", "use_cpu", "output_dir"):
+    for name in ("optim", "sam_policy", "sam_base_optim", "sam_rho", "aesam_budget", "use_cpu", "output_dir"):
         assert getattr(again, name) == getattr(args, name), name
 
 
