@@ -20,6 +20,7 @@ from .settings import SETTINGS, SAMSettings
 
 
 POLICY_NAMES: tuple[str, ...] = tuple(p.value for p in SAMPolicyName)
+_BASE_DEFAULT = OptimizerNames.ADAMW_TORCH.value
 STOCK_OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in OptimizerNames)
 # Names a user might write in `optim_args` for a SAM setting -> the flag that sets it. `alpha` is left out: AdEMAMix
 # takes an `alpha` of its own through `optim_args`.
@@ -65,6 +66,9 @@ def decode_optim(
     config reads back (`to_dict`, JSON, `HfArgumentParser`).
     """
     optim, base_optim, policy = _plain(optim), _plain(base_optim), _plain(policy)
+    for name, value in (("optim", optim), ("sam_base_optim", base_optim), ("sam_policy", policy)):
+        if value is not None and not isinstance(value, str) or (value is None and name != "sam_policy"):
+            raise ValueError(f"`{name}` ({value!r}) must be a name (a string): a SAM policy or a stock optimizer.")
     if policy is not None and policy not in POLICY_NAMES:
         raise (
             _unknown_name("sam_policy", policy)
@@ -156,7 +160,7 @@ class AESAMConfig(SAMSettings, TrainingArguments):
         metadata={"help": "The SAM policy, set from --optim; given with a stock --optim, that policy runs on it."},
     )
     sam_base_optim: str = field(
-        default=OptimizerNames.ADAMW_TORCH.value,
+        default=_BASE_DEFAULT,
         metadata={"help": "The stock optimizer that takes every step, SAM steps included, when --optim is a policy."},
     )
     sam_freeze_bn_stats: bool = field(
@@ -172,10 +176,19 @@ class AESAMConfig(SAMSettings, TrainingArguments):
     )
 
     def __post_init__(self):
+        given_base = _plain(self.sam_base_optim)
         self.sam_policy, self.optim = decode_optim(self.optim, self.sam_base_optim, self.sam_policy)
+        if self.sam_policy is None and given_base not in (self.optim, _BASE_DEFAULT):
+            warnings.warn(
+                f"`sam_base_optim` ({given_base!r}) has no effect: `optim` {self.optim!r} is a stock optimizer, the one "
+                "that takes the steps.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.sam_base_optim = self.optim
-        # Validate before `TrainingArguments.__post_init__`, which would first import DeepSpeed and rewrite `fsdp`.
-        sharding = requested_sharding(self)
+        # Validate before `TrainingArguments.__post_init__`, which would first import DeepSpeed and rewrite `fsdp`. A
+        # stock optimizer name runs the stock Trainer, which these backends serve.
+        sharding = requested_sharding(self) if self.sam_policy is not None else None
         if sharding is not None:
             refuse_sharded_backend(*sharding)
         reason = None if self.use_cpu else launcher_needs_cpu()
@@ -245,6 +258,9 @@ class AESAMConfig(SAMSettings, TrainingArguments):
         self.sam_policy, base = decode_optim(name, self.sam_base_optim)
         self.sam_base_optim = base
         super().set_optimizer(name=base, **kwargs)
+        # The constructor's checks, for the new policy.
+        self._check_optim_args()
+        self._check_settings_are_used()
         return self
 
 

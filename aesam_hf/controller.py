@@ -503,11 +503,12 @@ class SAMController:
         saved_on = state.get("g_v_shard")
         here = None if self._shard_group is None else shard_of(self._shard_group)
         if saved_on != here:
-            raise ValueError(
-                f"The checkpoint's LookSAM direction g_v was saved {_sharding(saved_on)}; this controller runs "
+            raise saved.StateError(
+                "g_v_shard",
+                f"says the LookSAM direction g_v was saved {_sharding(saved_on)}; this controller runs "
                 f"{_sharding(here)}. Under FSDP2 each rank loads the state it saved itself (`state_dict()`), in a job "
                 "sharded the same way. To change the sharding, start the policy afresh "
-                "(`load_state_dict(state, policy_state=False)` keeps the counters)."
+                "(`load_state_dict(state, policy_state=False)` keeps the counters)",
             )
 
     @property
@@ -522,7 +523,8 @@ class SAMController:
         gets the same answer (a rank that alone raised would leave the others waiting in the next collective).
         """
         with torch.no_grad():
-            norms = torch._foreach_norm(self._local(self.params), 2)
+            # In float32: the norm of finite fp16 weights can pass 65504, which fp16 would read as inf.
+            norms = torch._foreach_norm(self._local(self.params), 2, dtype=torch.float32)
             bad = (~torch.isfinite(torch.stack(norms))).any().float()
         return not bool(all_reduce_sum(bad, self._shard_group))
 

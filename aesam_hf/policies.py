@@ -343,6 +343,13 @@ class LateSAMPolicy(SAMPolicy):
     def __init__(self, settings: SAMSettings | None = None, total_steps: int | None = None, seed: int = 0):
         super().__init__(settings, total_steps, seed)
         self.first_sam_step = total_steps - round(self.settings.aesam_budget * total_steps)
+        if self.first_sam_step == total_steps:
+            warnings.warn(
+                f"`aesam_budget` ({self.settings.aesam_budget}) of a run of {total_steps} steps rounds to no SAM step "
+                "at all: the run is plain training.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def decide(self, t: int, x: float | None) -> bool:
         return t >= self.first_sam_step

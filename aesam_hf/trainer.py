@@ -98,16 +98,10 @@ class AESAMTrainerMixin:
                 f"`args` must be an AESAMConfig, got {type(self.args).__name__}; build it with "
                 f"{self.aesam_config_class.__name__}(...) or HfArgumentParser({self.aesam_config_class.__name__})."
             )
-        # Accelerate can switch these on from its own config (`accelerate launch --use_fsdp`), not only from args.
-        if self.is_deepspeed_enabled:
-            refuse_sharded_backend("DeepSpeed", True, "Accelerate's DeepSpeed plugin")
-        if self.is_fsdp_enabled:
-            version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
-            if version != 2:
-                refuse_sharded_backend("FSDP", f"fsdp_version={version}", "Accelerate's FSDP plugin")
-        elif requested_fsdp_version(self.args) is not None:
-            # FSDP2 asked for, but Accelerate runs FSDP on accelerators only: on CPUs it quietly runs DDP.
-            logger.warning(fsdp_fallback_warning(self.accelerator.distributed_type))
+        # Accelerate can switch these on from its own config (`accelerate launch --use_fsdp`), not only from args. A stock
+        # optimizer name runs the stock Trainer, which these backends serve.
+        if self.args.sam_policy is not None:
+            self._sam_check_backend()
         # A launcher (torchrun, `accelerate launch`) started several processes, but transformers set up none of them
         # for data parallelism: without accelerators it joins the gloo group only with `use_cpu` (AESAMConfig refuses
         # the common case already; this is e.g. ACCELERATE_USE_CPU=false). Each rank would then train its own copy on
@@ -138,12 +132,25 @@ class AESAMTrainerMixin:
         self._sam_resume_from: str | None = None  # the checkpoint to resume from, read by `_sam_begin_training`
         # The last checkpoint saved (after the weight check) or resumed from: the one to name for a clean resume.
         self._sam_checkpoint: str | None = None
+        self._sam_checkpoint_checked = False
         self._sam_user_optimizer = self.optimizer is not None or self.optimizer_cls_and_kwargs is not None
         self._sam_micro_batches: list[tuple[Any, Any, Any]] = []  # (inputs, num_items_in_batch, RNG state)
         self._sam_records: list[StepRecord] = []  # the steps since the last log
         self.add_callback(_SAMCallback(self))
         if self.args.sam_policy is not None and hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._sam_model_tags)
+
+    def _sam_check_backend(self) -> None:
+        """Refuse the sharding backends a SAM policy cannot run under, and say when FSDP2 quietly becomes DDP."""
+        if self.is_deepspeed_enabled:
+            refuse_sharded_backend("DeepSpeed", True, "Accelerate's DeepSpeed plugin")
+        if self.is_fsdp_enabled:
+            version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
+            if version != 2:
+                refuse_sharded_backend("FSDP", f"fsdp_version={version}", "Accelerate's FSDP plugin")
+        elif requested_fsdp_version(self.args) is not None:
+            # FSDP2 asked for, but Accelerate runs FSDP on accelerators only: on CPUs it quietly runs DDP.
+            logger.warning(fsdp_fallback_warning(self.accelerator.distributed_type))
 
     def _sam_paired_args(self, args: Any) -> Any:
         """The `args` to hand to the wrapped Trainer: defaults when None, a plain AESAMConfig as the paired class."""
@@ -186,9 +193,21 @@ class AESAMTrainerMixin:
         # has replaced them with DTensors by then (a controller built before would hold the replaced ones).
         self._sam_controller = SAMController(self.model.parameters(), policy, broadcast_grad_norm=args.world_size > 1)
         checkpoint, self._sam_resume_from = self._sam_resume_from, None
+        # Each run names its own checkpoints (`hyperparameter_search` trains the same trainer again).
+        self._sam_checkpoint, self._sam_checkpoint_checked = checkpoint, False
         # The file depends on the controller's sharding (one per rank under FSDP2), known only now.
         found = None if checkpoint is None else find_state(checkpoint, self._sam_controller)
         resume(self._sam_controller, found, global_step, self._sam_checkpoint, args.sam_reset_policy_on_resume)
+        controller, step_size = self._sam_controller, self._train_batch_size * args.gradient_accumulation_steps
+        if controller.policy.uses_grad_norm and controller.largest_batch > step_size:
+            # Resumed with smaller steps: against the checkpoint's largest step, every step would be a short one and
+            # the policy would never decide again. The reference restarts from this run's steps.
+            logger.warning(
+                f"Resuming with {step_size} examples per step, fewer than the {controller.largest_batch} of the "
+                "checkpoint's steps: the short-batch rule starts afresh from this run's steps, and the decisions "
+                "differ from those of an uninterrupted run."
+            )
+            controller.largest_batch = 0
         self._sam_micro_batches = []
         self._sam_records = []
 
@@ -279,6 +298,8 @@ class AESAMTrainerMixin:
     def _sam_resume_hint(self) -> str:
         if self._sam_checkpoint is None:
             return "No checkpoint was saved before this step."
+        if not self._sam_checkpoint_checked:
+            return f"No checkpoint was written since this run resumed from `{self._sam_checkpoint}`."
         return (
             f"The last checkpoint written, `{self._sam_checkpoint}`, was checked and holds finite weights: resume from "
             "it once fixed."
@@ -311,6 +332,8 @@ class AESAMTrainerMixin:
         and random augmentation, so a run's weights depend on `eval_strategy`. Here a run trains the same with or
         without evaluations: compare policies, or `eval_steps`, without changing what is compared.
         """
+        if self.args.sam_policy is None:
+            return super().evaluate(*args, **kwargs)  # a stock optimizer name: exactly the stock Trainer
         cuda = [
             torch.cuda.current_device() if d.index is None else d.index
             for d in self._sam_rng_devices
@@ -323,8 +346,10 @@ class AESAMTrainerMixin:
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         controller = self._sam_controller
-        is_eval = any(k.startswith(("eval_", "test_")) for k in logs)
-        if controller is not None and not is_eval and (self._sam_records or "train_runtime" in logs):
+        # The Trainer's training logs carry `loss` (every logging step) or `train_runtime` (the last): evaluations and
+        # callbacks' own logs (e.g. `train_subset_*`) must not take the pending step records.
+        is_train = "loss" in logs or "train_runtime" in logs
+        if controller is not None and is_train and (self._sam_records or "train_runtime" in logs):
             # x, mu, sigma and the decision come from the all-reduced gradient, identical on every rank: no gather.
             records, self._sam_records = self._sam_records, []
             logs.update(summarize_steps(records))
@@ -348,6 +373,7 @@ class AESAMTrainerMixin:
         self._sam_checkpoint = os.path.join(
             self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         )
+        self._sam_checkpoint_checked = True
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
@@ -365,7 +391,6 @@ class AESAMTrainerMixin:
         if checkpoint is not None:
             # Read and applied by `_sam_begin_training`, which runs right after this.
             self._sam_resume_from = checkpoint
-            self._sam_checkpoint = checkpoint
 
     # ---- loading weights: every tensor of the checkpoint, or an error ----
 

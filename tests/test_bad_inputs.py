@@ -210,3 +210,27 @@ def test_settings_the_policy_uses_are_not_warned_about(tmp_path):
         warnings.simplefilter("error", UserWarning)
         _config(tmp_path, optim="aelooksam", sam_rho=0.2, looksam_alpha=0.3, aesam_budget=0.4, aesam_delta=0.8)
         _config(tmp_path, optim="periodic", sam_interval=3, sam_adaptive=True)
+
+
+@pytest.mark.parametrize("field", ["optim", "sam_base_optim"])
+@pytest.mark.parametrize("value", [None, 3])
+def test_a_name_that_is_not_a_string_is_refused_naming_the_field(tmp_path, field, value):
+    with pytest.raises(ValueError, match=f"`{field}` \\({value!r}\\) must be a name"):
+        _config(tmp_path, **{field: value})
+
+
+def test_set_optimizer_runs_the_constructor_checks(tmp_path):
+    with pytest.raises(ValueError, match="`aesam_budget` \\(None\\) must be set for `optim` 'late'"):
+        _config(tmp_path, optim="sam").set_optimizer("late")
+    with pytest.raises(ValueError, match="`aesam_budget` \\(0.3\\) has no effect under `optim` 'sam'"):
+        _config(tmp_path, optim="aesam", aesam_budget=0.3).set_optimizer("sam")
+
+
+def test_a_base_optimizer_a_stock_optim_overrides_is_warned_about(tmp_path):
+    with pytest.warns(UserWarning, match="`sam_base_optim` \\('adafactor'\\) has no effect"):
+        _config(tmp_path, optim="sgd", sam_base_optim="adafactor")
+
+
+def test_late_warns_when_its_budget_rounds_to_no_sam_step():
+    with pytest.warns(UserWarning, match="rounds to no SAM step"):
+        make_policy("late", total_steps=4, aesam_budget=0.1)

@@ -353,3 +353,53 @@ def test_a_first_pass_nan_under_a_policy_that_does_not_read_x_is_blamed_on_the_f
         trainer.train()
     assert "sam_rho" not in str(err.value)
     assert f"`{tmp_path / 'checkpoint-1'}`" in str(err.value)
+
+
+def test_a_stock_optimizer_name_evaluates_exactly_as_the_stock_trainer(tmp_path):
+    # No random-state fork around evaluation under a stock name: the run is the stock Trainer's, evaluations included.
+    from transformers import Trainer
+
+    data = TokenDataset(length=32)
+    runs = []
+    for trainer_cls, args_cls in ((AESAMTrainer, get_config), (Trainer, None)):
+        extra = dict(max_steps=4, eval_strategy="steps", eval_steps=2, per_device_train_batch_size=8)
+        if args_cls is None:
+            from testing_utils import CPU_TEST_ARGS
+            from transformers import TrainingArguments
+
+            args = TrainingArguments(
+                **{**CPU_TEST_ARGS, **extra, "optim": "adamw_torch", "output_dir": str(tmp_path / "stock")}
+            )
+        else:
+            args = get_config(tmp_path / "ours", optim="adamw_torch", **extra)
+        model = tiny_bert(hidden_dropout_prob=0.1)
+        trainer_cls(model=model, args=args, train_dataset=data, eval_dataset=data).train()
+        runs.append(model)
+    for p, q in zip(runs[0].parameters(), runs[1].parameters()):
+        assert torch.equal(p, q)
+
+
+def test_each_run_names_its_own_checkpoint(tmp_path):
+    # A second `train()` on the same trainer (as `hyperparameter_search` does) must not name the first run's checkpoint.
+    model = NaNOnCalls({10**6})
+    trainer = get_trainer(tmp_path, model=model, optim="sam", max_steps=2, save_strategy="steps", save_steps=1)
+    trainer.train()
+    model.calls, model.count = {0}, 0  # the next run's first pass is NaN
+    with pytest.raises(FloatingPointError, match="No checkpoint was saved before this step"):
+        trainer.train()
+
+
+def test_resuming_with_smaller_steps_restarts_the_short_batch_rule(tmp_path, sam_warnings):
+    first = get_trainer(tmp_path / "first", optim="aesam", max_steps=4, save_strategy="steps", save_steps=2)
+    first.train()
+    resumed = get_trainer(tmp_path / "resumed", optim="aesam", max_steps=10, per_device_train_batch_size=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-2"))
+    assert "fewer than the 8 of the checkpoint's steps" in sam_warnings.text
+    assert resumed._sam_controller.partial_steps == 0  # the 4-example steps are this run's full steps
+
+
+def test_the_weight_check_reads_fp16_norms_in_float32():
+    from aesam_hf import SAMController
+
+    big = nn.Parameter(torch.full((1000,), 100.0, dtype=torch.float16) * 30)  # finite, norm ~ 95,000 > fp16's max
+    assert SAMController([big], make_policy("sam")).weights_are_finite()
