@@ -5,6 +5,7 @@ declare which they read (`uses`), and the help texts, the model card and the che
 """
 
 import dataclasses
+import re
 import subprocess
 import sys
 import warnings
@@ -114,3 +115,12 @@ def test_the_torch_only_core_imports_without_transformers():
     assert out.strip() == "[]"
     code = "import sys; from aesam_hf import AESAMConfig; print('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "True\n"
+
+
+def test_the_readme_optim_table_names_every_policy_of_the_registry():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = _table_rows(readme, "| `--optim` |")
+    named = {name for row in rows for name in re.findall(r"`(\w+)`", row[0])}
+    assert {cls.name for cls in POLICY_CLASSES} <= named, named
