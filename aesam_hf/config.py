@@ -212,7 +212,7 @@ class AESAMConfig(SAMSettings, TrainingArguments):
             flags = ", ".join(f"`{k}` -> `--{flag}`" for k, flag in misplaced.items())
             raise ValueError(
                 f"`optim_args` ({self.optim_args!r}) sets SAM settings, which it does not reach (it goes to the "
-                f"optimizer {self.optim!r}): use their own flags ({flags})."
+                f"optimizer {_plain(self.optim)!r}): use their own flags ({flags})."
             )
 
     def _check_settings_are_used(self) -> None:
@@ -233,7 +233,7 @@ class AESAMConfig(SAMSettings, TrainingArguments):
         ignored = [name for name in self.non_default() if name not in used]
         if (policy is None or not policy.can_sam) and not self.sam_freeze_bn_stats:
             ignored.append("sam_freeze_bn_stats")
-        shown = self.sam_policy.value if self.sam_policy is not None else self.optim
+        shown = self.sam_policy.value if self.sam_policy is not None else _plain(self.optim)
         if "aesam_budget" in ignored:
             takers = [cls.name for cls in POLICY_CLASSES if "aesam_budget" in cls.uses]
             raise ValueError(
