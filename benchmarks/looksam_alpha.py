@@ -5,15 +5,18 @@ non-SAM steps that follow adds α ||g|| / ||g_v|| · g_v: an orthogonal push of 
 orthogonal change SAM itself made, ||g_v||. Where ||g_v|| / ||g|| is much smaller than α, a reuse step applies many
 times more of SAM's correction than SAM does. The LookSAM paper uses α = 0.7; this project's default is 0.1.
 
-Per regime of the accuracy study (`regimes.py`, `sam_rho` as tuned there), for `looksam` and `aelooksam`:
+A settled question (`docs/benchmarks_2026-11-30.md` records its answer); `make bench` no longer runs it. Per regime of
+the accuracy study (`regimes.py`, learning rate, weight decay and `sam_rho` as tuned there), for `looksam` and
+`aelooksam`:
 
 1. At every SAM step: ||g_v|| / ||g||, ||g_s - g|| / ||g|| and cos(g_s, g). The library logs them
    (`sam/looksam_gv_over_g`, `sam/looksam_diff_over_g`, `sam/looksam_cos`, averaged over the SAM steps of a logging
    window); the runs log every step (`runner.py`), so each logged value is one SAM step's. They are read back from
    the run's log history (its trainer_state.json).
-2. Validation accuracy against α (the choice of a default; the test split stays unseen). α = 0 is periodic SAM.
+2. Validation accuracy against α (the choice of a default; the test split stays unseen): the regime config's
+   selected checkpoint's accuracy on its validation labels (noisy in the noisy regimes). α = 0 is periodic SAM.
 
-    python -m benchmarks.looksam_alpha                  # 2 regimes x 2 policies x 2 values of α x 2 seeds
+    python -m benchmarks.looksam_alpha --regimes image-noisy   # 2 policies x 2 values of α x 2 seeds
     python -m benchmarks.looksam_alpha --smoke          # every code path on a tiny setting
 """
 
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from benchmarks.accuracy import RegimeRuns, StudyArguments, runs_wall_time
+from benchmarks.accuracy import RegimeRuns, Setting, StudyArguments, runs_wall_time
 from benchmarks.io import command_line, write_results
 from benchmarks.regimes import REGIMES
 from benchmarks.results import keep_earlier_regimes, provenance
@@ -47,7 +50,7 @@ class LookSAMAlphaArguments:
     alphas: list[float] = field(default_factory=lambda: [0.1, 0.7], metadata={"help": "Values of α."})
     seeds: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "Seeds of every α."})
     regimes: list[str] = field(
-        default_factory=lambda: ["image-noisy", "text-noisy"],
+        default_factory=lambda: ["image-noisy"],
         metadata={"help": "Regimes of the accuracy study to measure α in.", "choices": list(REGIMES)},
     )
     sam_rho: float | None = field(
@@ -96,28 +99,33 @@ def quartiles(values: list[float]) -> list[float]:
     return [float(q) for q in statistics.quantiles(values, n=4, method="inclusive")] if len(values) > 1 else values * 3
 
 
-def tuned_rho(args: LookSAMAlphaArguments, regime: str) -> float:
-    """`sam_rho`, or else the rho the accuracy study chose for `regime`."""
-    if args.sam_rho is not None:
-        return args.sam_rho
+def tuned_setting(args: LookSAMAlphaArguments, regime: str) -> Setting:
+    """The accuracy study's tuned learning rate, weight decay and SAM rho for `regime`; `--sam_rho` replaces the
+    rho, and without a study the config's learning rate and weight decay are used."""
     study = Path(args.accuracy_json)
     regimes = json.loads(study.read_text(encoding="utf-8")).get("regimes", {}) if study.is_file() else {}
-    if regime not in regimes:
+    if regime in regimes and "settings" in regimes[regime]:
+        s = regimes[regime]["settings"]
+        return Setting(s["learning_rate"], s["weight_decay"], s["sam_rho"] if args.sam_rho is None else args.sam_rho)
+    if args.sam_rho is None:
         raise ValueError(
-            f"`sam_rho` is not set and `accuracy_json` ({args.accuracy_json!r}) has no rho chosen for {regime!r}: "
-            "run `python -m benchmarks.accuracy` first, or pass --sam_rho."
+            f"`sam_rho` is not set and `accuracy_json` ({args.accuracy_json!r}) has no settings chosen for "
+            f"{regime!r}: run `python -m benchmarks.accuracy` first, or pass --sam_rho."
         )
-    return float(regimes[regime]["rho"])
+    config = json.loads(Path(REGIMES[regime].config_path).read_text(encoding="utf-8"))
+    return Setting(config["learning_rate"], config.get("weight_decay", 0.0), args.sam_rho)
 
 
 def measure(args: LookSAMAlphaArguments, regime: str) -> dict:
     """Validation accuracy and the SAM-step ratios of every (policy, α) in one regime."""
-    rho = tuned_rho(args, regime)
+    setting = tuned_setting(args, regime)
     study = StudyArguments(output_dir=args.output_dir, seeds=args.seeds, threads=args.threads, smoke=args.smoke)
     runs = RegimeRuns(study, REGIMES[regime], metric="eval_accuracy")  # validation only: `--do_predict false`
     cells = [(policy, alpha) for policy in POLICIES for alpha in args.alphas]
     jobs = [
-        runs.job(rho, policy, seed, ["--looksam_alpha", str(alpha), "--do_predict", "false"], f"{policy}-a{alpha:g}")
+        runs.job(
+            setting, policy, seed, f"{policy}-a{alpha:g}", ["--looksam_alpha", str(alpha), "--do_predict", "false"]
+        )
         for policy, alpha in cells
         for seed in args.seeds
     ]
@@ -128,7 +136,7 @@ def measure(args: LookSAMAlphaArguments, regime: str) -> dict:
         label, accuracies, ratios = f"{policy}-a{alpha:g}", [], []
         for seed in args.seeds:
             accuracies.append(next(rows)["eval_accuracy"])
-            runner = runs.runner(rho)
+            runner = runs.runner(setting)
             ratios += sam_step_ratios(runner.log_history(label, seed), str(runner.run_dir(label, seed)))
         results[label] = r = {
             "policy": policy,
@@ -141,7 +149,12 @@ def measure(args: LookSAMAlphaArguments, regime: str) -> dict:
         }
         median = r["gv_over_g_quartiles"][1]
         print(f"  {regime} {label}: validation {100 * r['mean']:.2f}%; median ||g_v||/||g|| {median:.3f}", flush=True)
-    return {"sam_rho": rho, "results": results, "table": table(results), "runs_wall_time_s": runs_wall_time(made)}
+    return {
+        "sam_rho": setting.rho,
+        "results": results,
+        "table": table(results),
+        "runs_wall_time_s": runs_wall_time(made),
+    }
 
 
 def table(results: dict) -> str:
@@ -167,7 +180,10 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**environment(), "threads_per_run": args.threads, "runs_side_by_side": args.workers}
     out, done, payload = Path(args.output_dir) / "looksam_alpha.json", {}, {}
     for regime in args.regimes:
-        done[regime] = {**measure(args, regime), "measured_by": provenance(command_line("looksam_alpha", argv))}
+        done[regime] = {
+            **measure(args, regime),
+            "measured_by": provenance(command_line("looksam_alpha", argv), REGIMES[regime].task),
+        }
         print(done[regime]["table"], flush=True)
         regimes = keep_earlier_regimes(out, done, list(REGIMES))  # other regimes of the file stay
         # Like accuracy.py's: the wall time of the runs made by this invocation only (reused runs cost nothing).

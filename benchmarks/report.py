@@ -1,5 +1,5 @@
-"""Write `docs/benchmarks.md`, its figures and `docs/results_table.md` (the README's headline table) from what
-`step_cost`, `memory`, `accuracy` and `looksam_alpha` wrote.
+"""Write `docs/benchmarks.md`, its figures and the README's results block (also kept as `results_table.md` next to the
+JSON) from what `step_cost`, `memory` and `accuracy` wrote.
 
 Only measured numbers go in: every table is built from the JSON files the benchmark modules wrote, with the command
 that produced them, the machine and the versions. Sections whose JSON is missing are listed as not run.
@@ -15,8 +15,8 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from benchmarks.gpu_check import table as gpu_table
-from benchmarks.results import decision_trace, markdown_table
-from benchmarks.runner import code_fingerprint
+from benchmarks.results import decision_trace
+from benchmarks.runner import REPO, code_fingerprint
 from benchmarks.step_cost import table as step_cost_table
 
 
@@ -35,103 +35,64 @@ def environment_lines(env: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in env.items())
 
 
-# How each kind of run is drawn in the cost figure: the budget sweeps as lines, the matched controls as markers.
+# How each policy of the study is named and drawn: (label, marker, color).
 STYLE = {
-    "adamw_torch": ("AdamW", "s", "C0"),
+    "adamw": ("AdamW (tuned)", "s", "C0"),
     "sam": ("SAM", "D", "C3"),
     "aesam": ("AE-SAM", "o", "C2"),
-    "random-matched": ("random @ AE-SAM's f", "v", "C7"),
-    "scheduled-matched": ("scheduled @ f", "^", "C5"),
-    "periodic-matched": ("periodic @ 1/f", "<", "C8"),
+    "msam": ("Momentum-SAM", "P", "C4"),
+    "late": ("late SAM (last 12.5%)", ">", "C1"),
+    "late-matched": ("late SAM @ AE-SAM's f", "^", "C5"),
+    "scheduled-matched": ("scheduled @ AE-SAM's f", "v", "C7"),
 }
+SELECTED, LAST = "test_accuracy", "test_last_accuracy"
 
 
-def _mean(entry: dict, key: str) -> float:
-    return entry[key][0]
+def _name(policy: str) -> str:
+    return STYLE.get(policy, (policy,))[0]
 
 
-def accuracy_figure(study: dict, path: Path) -> None:
-    """Test accuracy against forward/backward passes per step, one panel per regime (mean ± std over seeds)."""
+def accuracy_figure(name: str, r: dict, seeds: int, path: Path) -> None:
+    """One regime: test accuracy of the selected checkpoint (filled) and of the last step (hollow) against passes per
+    step, mean ± std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = study["regimes"]
-    fig, axes = plt.subplots(1, len(regimes), figsize=(5.6 * len(regimes), 4.8), squeeze=False)
-    for ax, (name, r) in zip(axes[0], regimes.items(), strict=True):
-        by = {s["policy"]: s for s in r["summary"]}
-        for family, color, label in (("aesam-b", "C2", "AE-SAM, budget b"), ("random-p", "C7", "random, p = b")):
-            points = sorted(
-                (_mean(s, "passes_per_step"), 100 * _mean(s, "test_accuracy"))
-                for p, s in by.items()
-                if p.startswith(family)
-            )
-            if points:
-                ax.plot(*zip(*points, strict=True), "-", marker=".", color=color, alpha=0.7, label=label)
-        for policy, (label, marker, color) in STYLE.items():
-            if policy in by:
-                s = by[policy]
-                (x, xerr), (y, yerr) = s["passes_per_step"], s["test_accuracy"]
-                ax.errorbar(
-                    x, 100 * y, xerr=xerr, yerr=100 * yerr, fmt=marker, ms=8, capsize=3, color=color, label=label
-                )
-        ax.set_title(f"{name} ({r['regime']['kind']}), rho {r['rho']:g}", fontsize=10)
-        ax.set_xlabel("forward/backward passes per step (AdamW = 1)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    seeds = len(study["arguments"]["seeds"])
-    fig.suptitle(f"Test accuracy against cost: mean ± std over {seeds} seeds", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def rho_figure(study: dict, path: Path) -> None:
-    """Validation accuracy of `sam` against rho, per regime, the chosen value marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
-
-    fig, ax = plt.subplots(figsize=(6.2, 4.2))
-    for i, (name, r) in enumerate(study["regimes"].items()):
-        scores = {float(k): 100 * v for k, v in r["rho_tuning"]["scores"].items()}
-        ax.plot(list(scores), list(scores.values()), "o-", color=f"C{i}", label=name)
-        chosen = r["rho_tuning"]["chosen"]
-        ax.plot([chosen], [scores[chosen]], "*", ms=15, color=f"C{i}")
-    ax.set_xscale("log")
-    # One labelled tick per rho tried, written plainly (0.05, not 5x10^-2), and no minor-tick labels between them:
-    # matplotlib's log-axis labels overprint at this width.
-    tried = sorted({float(k) for r in study["regimes"].values() for k in r["rho_tuning"]["scores"]})
-    ax.xaxis.set_major_locator(FixedLocator(tried))
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.tick_params(axis="x", labelrotation=45 if len(tried) > 6 else 0, labelsize=8)
-    ax.set_xlabel("sam_rho (log scale)")
-    ax.set_ylabel("validation accuracy of `sam` (%), first seed")
-    ax.set_title("rho chosen on validation (star)", fontsize=10)
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    for s in r["summary"]:
+        label, marker, color = STYLE.get(s["policy"], (s["policy"], "o", "k"))
+        (x, xerr), (y, yerr), (last, _) = s["passes_per_step"], s[SELECTED], s[LAST]
+        ax.errorbar(x, 100 * y, xerr=xerr, yerr=100 * yerr, fmt=marker, ms=8, capsize=3, color=color, label=label)
+        ax.plot([x], [100 * last], marker=marker, ms=8, mfc="none", color=color, alpha=0.7)
+        ax.plot([x, x], [100 * last, 100 * y], ":", color=color, lw=0.8)
+    ax.set_xlabel("forward/backward passes per step (AdamW = 1)")
+    ax.set_ylabel("clean test accuracy (%)")
+    ax.set_title(
+        f"{name}: selected checkpoint (filled, ± std) and last step (hollow), {seeds} seeds", fontsize=10, wrap=True
+    )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def curves(run_dir: Path) -> dict[str, list[float]]:
-    """The evaluations during training of one run: step, validation accuracy, accuracy on noisy training labels."""
+    """The evaluations during training of one run: step, the fit of its noisy training labels, the validation accuracy
+    (on the true labels where the selection set is noisy)."""
     state = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))
     out = {"step": [], "train": [], "validation_step": [], "validation": []}
+    key = "eval_clean_accuracy" if any("eval_clean_accuracy" in e for e in state["log_history"]) else "eval_accuracy"
     for e in state["log_history"]:
-        if "train_subset_accuracy" in e:  # `--eval_train_samples` (aesam_hf.callbacks.TrainSubsetCallback)
+        # The evaluation after training repeats a step already scored (with the selected checkpoint): left out.
+        if "train_subset_accuracy" in e and e["step"] not in out["step"]:  # `--eval_train_samples`
             out["step"].append(e["step"])
             out["train"].append(e["train_subset_accuracy"])
-        # The final evaluation after training repeats the last one's step: it is left out.
-        elif "eval_accuracy" in e and e["step"] not in out["validation_step"]:
+        elif key in e and e["step"] not in out["validation_step"]:
             out["validation_step"].append(e["step"])
-            out["validation"].append(e["eval_accuracy"])
+            out["validation"].append(e[key])
     return out
 
 
@@ -147,16 +108,15 @@ def decisions_figure(name: str, result: dict, seed: int, path: Path) -> bool:
     if not (aesam_dir / "trainer_state.json").is_file():
         return False
     trace = decision_trace(aesam_dir)
-    root = aesam_dir.parent.parent
-    # The curves of the evaluations during training, where the regime had any: without them (image-underfit) the
-    # figure is the decisions alone, not a panel left empty.
+    # The curves of the evaluations during training, where the regime had any: without them the figure is the
+    # decisions alone, not a panel left empty.
+    dirs = {r["policy"]: Path(r["run_dir"]) for r in result["runs"] if r["seed"] == seed and "run_dir" in r}
     runs = {}
-    for policy, (label, _, color) in STYLE.items():
-        run_dir = root / policy / f"seed{seed}"
-        if policy in ("adamw_torch", "sam", "aesam") and (run_dir / "trainer_state.json").is_file():
-            c = curves(run_dir)
+    for policy in ("adamw", "sam", "aesam"):
+        if policy in dirs and (dirs[policy] / "trainer_state.json").is_file():
+            c = curves(dirs[policy])
             if c["step"] or c["validation"]:
-                runs[policy] = (label, color, c)
+                runs[policy] = (STYLE[policy][0], STYLE[policy][2], c)
     if runs:
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True, height_ratios=[1.1, 1])
     else:
@@ -187,7 +147,7 @@ def decisions_figure(name: str, result: dict, seed: int, path: Path) -> bool:
                     [100 * v for v in c["validation"]],
                     "--",
                     color=color,
-                    label=f"{label}: clean validation",
+                    label=f"{label}: validation (true labels)",
                 )
         noise = 100 * result["regime"]["label_noise"]
         if noise:
@@ -208,7 +168,7 @@ def measured_by(entry: dict) -> str:
     m = entry.get("measured_by")
     if m is None:
         return "Measured by an earlier invocation that did not record its command and code."
-    current = code_fingerprint()
+    current = code_fingerprint(entry["regime"]["task"])
     changed = [key for key, value in m["code"].items() if current.get(key) != value]
     if not changed:
         return f"Measured by `{m['command']}` on the current code."
@@ -216,126 +176,214 @@ def measured_by(entry: dict) -> str:
     return f"Measured by `{m['command']}` **on earlier code** ({what} changed since): `make bench` reruns it."
 
 
-def comparisons_table(comparisons: list[dict]) -> str:
+def _interval(c: dict | None) -> str:
+    """A paired difference in points: mean [95% interval], bold where the interval excludes 0."""
+    if c is None:
+        return "–"
+    if c["n"] < 2 or math.isnan(c["low"]):
+        return f"{100 * c['mean']:+.2f} ({c['n']} seed)"
+    bold = "**" if c["verdict"] != "no difference" else ""
+    return f"{bold}{100 * c['mean']:+.2f}{bold} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]"
+
+
+def comparisons_table(comparisons: dict[str, list[dict]]) -> str:
+    """Each paired difference at the selected checkpoint and at the last step, side by side, and at the selected
+    checkpoint without the tuning seed (whose AdamW, SAM and Momentum-SAM runs won their grids on its validation)."""
+    last = {(c["a"], c["b"]): c for c in comparisons[LAST]}
+    untuned = {(c["a"], c["b"]): c for c in comparisons.get(f"{SELECTED}_without_tuning_seed", [])}
     lines = [
-        "| comparison (test accuracy) | seeds | mean difference (points) | 95% interval | verdict |",
-        "|---|---:|---:|---:|---|",
+        "| comparison | seeds | selected checkpoint: difference (points) [95% CI] | verdict | last step: difference "
+        "[95% CI] | verdict | selected, without the tuning seed |",
+        "|---|---:|---:|---|---:|---|---:|",
     ]
-    for c in comparisons:
-        interval = f"[{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]" if c["n"] > 1 else "–"
-        lines.append(f"| {c['a']} − {c['b']} | {c['n']} | {100 * c['mean']:+.2f} | {interval} | {c['verdict']} |")
+    for c in comparisons[SELECTED]:
+        end = last.get((c["a"], c["b"]))
+        lines.append(
+            f"| {c['a']} − {c['b']} | {c['n']} | {_interval(c)} | {c['verdict']} | {_interval(end)} | "
+            f"{end['verdict'] if end else '–'} | {_interval(untuned.get((c['a'], c['b'])))} |"
+        )
     return "\n".join(lines)
 
 
-def budget_lines(regime: dict) -> list[str]:
-    """How close the realized SAM fraction came to each `--aesam_budget`."""
-    out = []
-    for s in regime["summary"]:
-        if s["policy"].startswith("aesam-b"):
-            target = float(s["policy"][len("aesam-b") :])
-            fractions = [r["sam_fraction"] for r in regime["runs"] if r["policy"] == s["policy"]]
-            worst = max(abs(f - target) for f in fractions)
-            out.append(
-                f"- `--aesam_budget {target:g}`: realized fraction {min(fractions):.3f}–{max(fractions):.3f} over "
-                f"{len(fractions)} runs (largest miss {worst:.3f}; the promise is ±0.03)."
-            )
+def policy_table(summary: list[dict], noisy: bool) -> str:
+    """Per policy: the selected checkpoint's and the last step's test accuracy, where selection stopped, the clean
+    bound (noisy regimes), the fit of the noisy training labels, and the cost."""
+
+    def fmt(pair, spec=".2f", scale=100.0):
+        mean, std = pair
+        if math.isnan(mean):
+            return "–"
+        return f"{format(mean * scale, spec)} ± {format(std * scale, spec)}" if std else format(mean * scale, spec)
+
+    columns = [
+        ("selected checkpoint: test (%)", SELECTED, ".2f", 100.0),
+        ("last step: test (%)", LAST, ".2f", 100.0),
+        ("selected step", "selected_step", ".0f", 1.0),
+        *([("peak validation, true labels (%): optimistic bound", "peak_clean_eval_accuracy", ".2f", 100.0)] * noisy),
+        ("fit of training labels, last step (%)", "train_noisy_accuracy", ".2f", 100.0),
+        ("SAM fraction", "sam_fraction", ".2f", 1.0),
+        ("passes / step", "passes_per_step", ".2f", 1.0),
+    ]
+    lines = ["| policy | " + " | ".join(c[0] for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for s in summary:
+        cells = [fmt(s.get(key, (math.nan, math.nan)), spec, scale) for _, key, spec, scale in columns]
+        lines.append(f"| {_name(s['policy'])} (`{s['policy']}`) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tuning_lines(r: dict, seed: int) -> list[str]:
+    """What each grid scored on validation (the selected checkpoint's accuracy on the selection set), what won, and
+    what one such score can resolve."""
+    tuning, out = r["tuning"], []
+    noisy = "noisy " if r["regime"]["label_noise"] else ""
+    for key, what in (
+        ("adamw", "AdamW learning rate × weight decay"),
+        ("sam", "SAM's rho"),
+        ("msam", "Momentum-SAM's rho"),
+    ):
+        t = tuning[key]
+        scores = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in t["scores"].items())
+        chosen = t["chosen"]
+        if isinstance(chosen, dict):
+            grid = ", ".join(f"{w:g}" for w in t.get("weight_decay_grid", []))
+            chosen = f"lr {chosen['learning_rate']:g}, weight decay {chosen['weight_decay']:g}"
+            where = "the learning rate " + ("inside its grid" if t["interior"] else "**at its grid's edge**")
+            where += f"; the weight decay one of ({grid}), a grid not extended"
+        else:
+            chosen = f"{chosen:g}"
+            where = "inside the grid" if t["interior"] else "**at the grid's edge** after the allowed extensions"
+        out.append(
+            f"- {what} ({len(t['scores'])} runs, {noisy}validation, seed {seed}): {scores} -> **{chosen}**, {where}."
+        )
+    n = r["regime"].get("validation_examples")
+    if n:
+        best = max(v for t in (tuning["adamw"], tuning["sam"], tuning["msam"]) for v in t["scores"].values())
+        se = 100 * math.sqrt(best * (1 - best) / n)
+        out.append(
+            f"- One validation score on {n:,} examples has a binomial standard error of about {se:.1f} points: grid "
+            "points closer than that are not told apart, and the choices are a user's, not the best possible."
+        )
     return out
+
+
+def decision_line(r: dict) -> str:
+    d = r["decision"]
+    policy = d["policy"]
+    if policy is None:
+        return f"- Cheapest policy whose selected-checkpoint accuracy is not below SAM's: undetermined ({d['why']})."
+    if policy == "sam":
+        answer = "**SAM** itself: every cheaper policy is below it"
+    else:
+        name = "AdamW with best-checkpoint selection" if policy == "adamw" else _name(policy)
+        answer = f"**{name}** (`{d['flags']}`, {d['passes_per_step']:.2f} passes per step)"
+        answer += f"; it minus SAM: {_interval(d['against_sam'])} points, SAM not shown better"
+    return f"- Cheapest policy whose selected-checkpoint accuracy is not below SAM's: {answer}."
 
 
 def accuracy_section(study: dict, figures: Path) -> str:
     env = study["environment"]
+    seed = study["arguments"]["seeds"][0]
+    seeds = len(study["arguments"]["seeds"])
     out = [
         "## Accuracy",
         "",
         f"Last command: `{study['command']}` (each regime says which invocation measured it). Machine and versions: "
         f"{environment_lines(env)}.",
         "",
-        "Each run is one process of the regime's example script and experiment config, with only the policy's flags "
-        "changing. Scores are test accuracy on clean labels, mean ± std over seeds; comparisons are paired by seed "
-        "(same data, noise, order and initial weights), with Student's t 95% intervals, and a difference is claimed "
-        "only when its interval excludes 0. Passes are forward/backward passes; train times come from runs that "
-        f"shared the machine ({env.get('runs_side_by_side', 1)} at a time, {env.get('threads_per_run', '?')} torch "
-        "thread(s) each) and compare only within this section.",
+        "Each run is one process of the regime's example script and experiment config, with only the tuned flags, the "
+        "policy and the seed changing. Every run saves a checkpoint at each evaluation (every 100 steps) and ends with "
+        "the one its own validation accuracy selects (`--load_best_model_at_end`); where training labels are noisy, "
+        "so are the validation labels it selects on. Scores are accuracy on the clean test split, of that selected "
+        "checkpoint and of the last step, mean ± std over seeds; comparisons are paired by seed (same data, noise, "
+        "order and initial weights), with Student's t 95% intervals, and a difference is claimed only when its interval "
+        "excludes 0 (no correction for the number of comparisons; an interval containing 0 resolves no difference, "
+        "which is not a proof of equivalence). Passes are forward/backward passes per optimizer step.",
         "",
     ]
-    rho_figure(study, figures / "rho_tuning.png")
     for name, r in study["regimes"].items():
-        regime, tuning = r["regime"], r["rho_tuning"]
-        scores = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in tuning["scores"].items())
-        where = "inside the grid" if tuning["interior"] else "**at the grid's edge** after the allowed extensions"
+        regime, settings = r["regime"], r["settings"]
         out += [
             f"### {name} ({regime['kind']})",
             "",
             f"{regime['description']}. Config `configs/experiments/{regime['config']}`. {measured_by(r)}",
             "",
-            f"- `sam_rho` on validation (`sam`, seed {study['arguments']['seeds'][0]}): {scores} -> "
-            f"**{tuning['chosen']:g}**, {where}.",
+            *tuning_lines(r, seed),
+            f"- Every policy at lr {settings['learning_rate']:g}, weight decay {settings['weight_decay']:g}; the SAM "
+            f"family (SAM, AE-SAM, late, scheduled) at rho {settings['sam_rho']:g}, Momentum-SAM at rho "
+            f"{settings['msam_rho']:g}. AE-SAM's mean SAM fraction f = {r['aesam_fraction']:.3f}; the matched "
+            f"controls run `--aesam_budget {r['matched_budget']:g}`.",
+            decision_line(r),
+            "",
+            policy_table(r["summary"], bool(regime["label_noise"])),
+            "",
+            comparisons_table(r["comparisons"]),
+            "",
         ]
-        if not regime["full"] and regime["budgets"]:
-            out.append(
-                "- **Partial:** run `--core_only` (AdamW, SAM, AE-SAM); its budgets and matched controls were not run."
-            )
-        if r["controls"]:
-            flags = "; ".join(f"{label} `{' '.join(f)}`" for label, f in r["controls"].items())
-            out.append(f"- AE-SAM's mean SAM fraction f = {r['aesam_fraction']:.3f}; matched controls: {flags}.")
-        out += budget_lines(r)
-        out += ["", markdown_table(r["summary"], "test_accuracy"), ""]
-        if r["comparisons"]:
-            out += [comparisons_table(r["comparisons"]), ""]
+        figure = f"accuracy_vs_cost_{name}.png"
+        accuracy_figure(name, r, seeds, figures / figure)
+        out += [f"![accuracy against cost, {name}](figures/{figure})", ""]
         figure = f"aesam_decisions_{name}.png"
-        if decisions_figure(name, r, study["arguments"]["seeds"][0], figures / figure):
+        if decisions_figure(name, r, seed, figures / figure):
             out += [f"![AE-SAM decisions and what the runs fit, {name}](figures/{figure})", ""]
-    accuracy_figure(study, figures / "accuracy_vs_cost.png")
-    out += ["### Accuracy against cost", "", "![accuracy against cost](figures/accuracy_vs_cost.png)", ""]
-    out += ["### rho on validation", "", "![rho tuning](figures/rho_tuning.png)", ""]
     return "\n".join(out)
 
 
-# The headline table: the policies a newcomer chooses between, and the differences that say whether it matters.
-HEADLINE = (("adamw_torch", "AdamW"), ("sam", "SAM"), ("aesam", "AE-SAM"))
-HEADLINE_DIFFERENCES = (("sam", "adamw_torch"), ("aesam", "adamw_torch"), ("aesam", "sam"))
-
-
 def results_table(study: dict, source: str) -> str:
-    """The headline results, one row per regime: test accuracy (mean ± std over seeds) and passes per step of AdamW,
-    SAM and AE-SAM, and their paired differences with 95% intervals. Generated (the README includes it), from the
-    same accuracy.json as `docs/benchmarks.md`, so the two cannot disagree."""
-    label = dict(HEADLINE)
+    """The README's results: "Which policy should I use?" per regime, then the selected-checkpoint accuracies.
+
+    Generated from the same accuracy.json as `docs/benchmarks.md`, so the two cannot disagree.
+    """
     lines = [
         f"<!-- Generated by `python -m benchmarks.report` from {source}; do not edit by hand (`make bench`). -->",
         "",
-        "| regime | "
-        + " | ".join(f"{name} test acc. (%) [passes/step]" for _, name in HEADLINE)
-        + " | "
-        + " | ".join(f"{label[a]} − {label[b]} (points, 95% CI)" for a, b in HEADLINE_DIFFERENCES)
-        + " |",
-        "|---|" + "---:|" * (len(HEADLINE) + len(HEADLINE_DIFFERENCES)),
+        "**Which policy should I use?** Every run judged at the checkpoint its own validation data selects "
+        "(`--load_best_model_at_end`), against AdamW with its learning rate and weight decay tuned the same way.",
+        "",
+        "| regime | SAM − tuned AdamW (points, 95% CI) | cheapest policy not below SAM | AE-SAM − SAM | AE-SAM − late "
+        "SAM at its cost | AE-SAM − scheduled at its cost |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for name, r in study["regimes"].items():
+        found = {(c["a"], c["b"]): c for c in r["comparisons"][SELECTED]}
+        d = r["decision"]
+        if d["policy"] is None:
+            choice = f"undetermined ({d['why']})"
+        elif d["policy"] == "sam":
+            choice = "SAM (`--optim sam`): every cheaper policy is below it"
+        else:
+            title = "AdamW with best-checkpoint selection" if d["policy"] == "adamw" else _name(d["policy"])
+            choice = f"{title} (`{d['flags']}`, {d['passes_per_step']:.2f} passes/step; − SAM: {_interval(d['against_sam'])})"
+        cells = [
+            _interval(found.get(("sam", "adamw"))),
+            choice,
+            _interval(found.get(("aesam", "sam"))),
+            _interval(found.get(("aesam", "late-matched"))),
+            _interval(found.get(("aesam", "scheduled-matched"))),
+        ]
+        lines.append(f"| {name} ({r['regime']['kind']}) | " + " | ".join(cells) + " |")
+    policies = [p for p in STYLE if any(p in {s["policy"] for s in r["summary"]} for r in study["regimes"].values())]
+    lines += [
+        "",
+        "| regime | " + " | ".join(f"{_name(p)} [passes/step]" for p in policies) + " |",
+        "|---|" + "---:|" * len(policies),
     ]
     for name, r in study["regimes"].items():
         by = {s["policy"]: s for s in r["summary"]}
-        cells = []
-        for policy, _ in HEADLINE:
-            if policy in by:
-                (mean, std), passes = by[policy]["test_accuracy"], by[policy]["passes_per_step"][0]
-                cells.append(f"{100 * mean:.2f} ± {100 * std:.2f} [{passes:.2f}]")
-            else:
-                cells.append("–")
-        found = {(c["a"], c["b"]): c for c in r["comparisons"]}
-        for pair in HEADLINE_DIFFERENCES:
-            c = found.get(pair)
-            if c is None:
-                cells.append("–")
-            elif c["n"] < 2:
-                cells.append(f"{100 * c['mean']:+.2f} (1 seed)")
-            else:
-                bold = "**" if c["verdict"] != "no difference" else ""
-                cells.append(f"{bold}{100 * c['mean']:+.2f}{bold} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]")
-        lines.append(f"| {name} ({r['regime']['kind']}) | " + " | ".join(cells) + " |")
+        cells = [
+            f"{100 * by[p][SELECTED][0]:.2f} ± {100 * by[p][SELECTED][1]:.2f} [{by[p]['passes_per_step'][0]:.2f}]"
+            if p in by
+            else "–"
+            for p in policies
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     seeds = len(study["arguments"]["seeds"])
     lines += [
         "",
-        f"Mean over {seeds} seeds; a difference is in bold where its paired 95% interval excludes 0. Details, controls "
-        "and the machine: [docs/benchmarks.md](benchmarks.md).",
+        f"Clean test accuracy (%) of the selected checkpoint, mean ± std over {seeds} seeds. Differences in points "
+        "with paired 95% intervals, in bold where the interval excludes 0; otherwise no difference was resolved, "
+        "which is not a proof of equivalence (the interval shows how large a difference could be). No correction for "
+        "the number of comparisons. The last step's accuracy, the tuning, the figures and the machine: "
+        "[docs/benchmarks.md](docs/benchmarks.md).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -352,21 +400,6 @@ def write_readme_results(readme: Path, table: str) -> None:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     readme.write_text(f"{head}{start}\n{table.rstrip()}\n{end}{tail}", encoding="utf-8")
-
-
-def looksam_section(payload: dict) -> str:
-    seeds = ", ".join(map(str, payload["arguments"]["seeds"]))
-    out = [
-        "### LookSAM's reuse weight α",
-        "",
-        f"Command: `{payload['command']}`; seeds {seeds}; validation accuracy (this chooses a default), mean ± std. "
-        "The ratios are taken at every SAM step of those runs: ‖g_v‖/‖g‖ is the orthogonal change SAM makes to the "
-        "gradient, α the one a LookSAM reuse step adds (relative to ‖g‖).",
-        "",
-    ]
-    for name, r in payload["regimes"].items():
-        out += [f"{name}, `sam_rho {r['sam_rho']:g}` (the accuracy study's). {measured_by(r)}", "", r["table"], ""]
-    return "\n".join(out)
 
 
 def memory_section(memory: dict) -> str:
@@ -430,7 +463,14 @@ STAGES = (
     ("step_cost", "step_cost.json"),
     ("memory", "memory.json"),
     ("accuracy", "accuracy/accuracy.json"),
-    ("looksam_alpha", "looksam_alpha/looksam_alpha.json"),
+)
+# Earlier studies whose questions are settled: kept as written, with what measured them, and linked from the page.
+RECORDED = (
+    (
+        "benchmarks_2026-11-30.md",
+        "budget sweeps, matched random/periodic controls, the underfitting regime, "
+        "LookSAM's reuse weight α; every policy read at its last step against an untuned AdamW",
+    ),
 )
 
 
@@ -450,7 +490,7 @@ def from_scratch_s(data: dict) -> float:
 def wall_time_section(results: Path) -> str:
     """Each stage's wall time as its JSON recorded it, its cost from scratch, and their sums: what `make bench` costs.
 
-    The accuracy and LookSAM stages' own wall time counts only the runs their last invocation made (a reused run
+    The accuracy stage's own wall time counts only the runs its last invocation made (a reused run
     costs nothing); their cost from scratch counts every run, from the time each run recorded when it was made.
     """
     rows, total, scratch = [], 0.0, 0.0
@@ -513,12 +553,15 @@ def main(argv: list[str] | None = None) -> Path:
     parts += [accuracy_section(study, figures) if study else "## Accuracy\n\nNot run.\n"]
     if study:
         table = results_table(study, f"`{results / 'accuracy' / 'accuracy.json'}`")
-        (docs / "results_table.md").write_text(table, encoding="utf-8")
+        (results / "results_table.md").write_text(table, encoding="utf-8")
         readme = docs.parent / "README.md"
         if readme.is_file():
             write_readme_results(readme, table)
-    looksam = load(results / "looksam_alpha" / "looksam_alpha.json")
-    parts += [looksam_section(looksam) if looksam else "### LookSAM's reuse weight α\n\nNot run.\n"]
+    # The recorded pages are part of the repository's docs (the page links them from there).
+    recorded = [f"- [{file}]({file}): {what}." for file, what in RECORDED if (REPO / "docs" / file).is_file()]
+    if recorded:
+        parts += ["## Recorded studies", "", "Settled questions, kept as measured (not rerun by `make bench`):", ""]
+        parts += [*recorded, ""]
     parts += [wall_time_section(results)]
     gpu = load(GPU_CHECK)
     parts += [gpu_section(gpu) if gpu else "## GPU check\n\nNo GPU was available to run `make gpu-check`.\n"]

@@ -20,13 +20,16 @@ SUMMARIZED = (
     "train_time",
     "eval_accuracy",
     "peak_eval_accuracy",
+    "peak_clean_eval_accuracy",
+    "test_last_accuracy",
+    "selected_step",
     "train_noisy_accuracy",
 )
 
 
-def provenance(command: str) -> dict:
+def provenance(command: str, task: str | None = None) -> dict:
     """What measured a regime's entry: the command, and the fingerprint of the code that trained its runs."""
-    return {"command": command, "code": code_fingerprint()}
+    return {"command": command, "code": code_fingerprint(task)}
 
 
 def keep_earlier_regimes(path: Path, regimes: dict, order: list[str]) -> dict:
@@ -73,18 +76,26 @@ def markdown_table(summary: list[dict], metric: str) -> str:
             return "–"
         return f"{format(mean * scale, spec)} ± {format(std * scale, spec)}" if std else format(mean * scale, spec)
 
-    # Where the runs evaluated during training: the best validation accuracy they passed through (what early stopping
-    # on clean validation data could keep) and how much of the noisy training set they fit at the end.
+    # Where the runs selected a checkpoint (`--load_best_model_at_end`) and scored their last step too
+    # (`--test_last_model`), the score is the selected checkpoint's and the last step's sits beside it; where they
+    # evaluated during training, the fit of the noisy training labels at the end (memorization).
+    def shown(key: str) -> bool:
+        return any(not math.isnan(s.get(key, (math.nan,))[0]) for s in summary)
+
+    selection = metric == "test_accuracy" and shown("test_last_accuracy")
     during = [
         (key, title)
         for key, title in (
-            ("peak_eval_accuracy", "peak validation (%)"),
-            ("train_noisy_accuracy", "fit of noisy train labels (%)"),
+            ("test_last_accuracy", "last step: test_accuracy (%)"),
+            ("selected_step", "selected step"),
+            ("train_noisy_accuracy", "fit of training labels, last step (%)"),
         )
-        if any(not math.isnan(s.get(key, (math.nan,))[0]) for s in summary)
+        if shown(key) and (selection or key == "train_noisy_accuracy")
     ]
+    scale = {"selected_step": (".0f", 1.0)}
+    head = f"selected checkpoint: {metric} (%)" if selection else f"{metric} (%)"
     lines = [
-        f"| policy | {metric} (%) | "
+        f"| policy | {head} | "
         + "".join(f"{title} | " for _, title in during)
         + "SAM fraction | passes | passes / step | train time (s, cores shared) |",
         "|---|---:|" + "---:|" * len(during) + "---:|---:|---:|---:|",
@@ -92,7 +103,7 @@ def markdown_table(summary: list[dict], metric: str) -> str:
     for s in summary:
         lines.append(
             f"| {s['policy']} | {fmt(s[metric], '.2f', 100)} | "
-            + "".join(f"{fmt(s[key], '.2f', 100)} | " for key, _ in during)
+            + "".join(f"{fmt(s[key], *scale.get(key, ('.2f', 100)))} | " for key, _ in during)
             + f"{fmt(s['sam_fraction'], '.2f')} | {fmt(s['passes'], '.0f')} | {fmt(s['passes_per_step'], '.2f')} | "
             f"{fmt(s['train_time'], '.1f')} |"
         )

@@ -33,24 +33,33 @@ TASKS = {
         REPO / "configs" / "experiments" / "glue_fortunes_noisy_minilm.json",
     ),
 }
-# The code a run's numbers depend on besides its command and config (not the runner, which only launches it), and
-# the versions of the packages it trains with.
-RUN_CODE = (
-    "aesam_hf/*.py",
-    "examples/run_*.py",
-    "benchmarks/data.py",
-    "benchmarks/fortunes.py",
-    "benchmarks/fashion_mnist.py",
-)
+# The code a run's numbers depend on besides its command and config (not the runner, which only launches it): the
+# library, the shared data helpers, and the task's own example script and data builder (a change to another task's
+# leaves its runs valid).
+RUN_CODE = ("aesam_hf/*.py", "benchmarks/data.py")
+TASK_CODE = {
+    "image": ("examples/run_image_classification.py", "benchmarks/fashion_mnist.py"),
+    "glue": ("examples/run_glue.py", "benchmarks/fortunes.py"),
+}
 RUN_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
 SIGNATURE_FILE = "compare_run.json"
 WALL_TIME_FILE = "wall_time.json"
 
 
-def code_fingerprint() -> dict[str, str]:
-    """A hash of the code that trains and the package versions: a finished run is reused only if both are unchanged."""
+def fingerprinted_files(task: str | None = None) -> list[Path]:
+    """The files a run of `task` depends on (every task's without one), sorted."""
+    patterns = [*RUN_CODE, *(p for t in ([task] if task is not None else TASK_CODE) for p in TASK_CODE[t])]
+    return sorted({p for pattern in patterns for p in REPO.glob(pattern)})
+
+
+def code_fingerprint(task: str | None = None) -> dict[str, str]:
+    """A hash of the code that trains and the package versions: a finished run is reused only if both are unchanged.
+
+    With `task`, the hash covers that task's example script and data builder; without, every task's (a study's
+    provenance).
+    """
     digest = hashlib.sha256()
-    for path in sorted(p for pattern in RUN_CODE for p in REPO.glob(pattern)):
+    for path in fingerprinted_files(task):
         digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
     return {"code_sha256": digest.hexdigest(), **{name: importlib.metadata.version(name) for name in RUN_PACKAGES}}
 
@@ -85,10 +94,11 @@ class Runner:
     def arguments(self, policy: str, seed: int, extra: list[str], label: str | None = None) -> list[str]:
         """The example script and its arguments for one run (what the launcher is given)."""
         # Every step is logged: the decision figure and the LookSAM study read each step's values, and the same
-        # logging cost falls on every policy. Checkpoints are off: they would time the disk, not the policy.
+        # logging cost falls on every policy. Checkpoints are the config's: the study's configs save one at every
+        # evaluation and load the best at the end (`--load_best_model_at_end`), as a careful user would.
         run_dir = self.run_dir(label or policy, seed)
         run = ["--optim", policy, "--seed", str(seed), "--output_dir", str(run_dir)]
-        logging = ["--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true"]
+        logging = ["--logging_steps", "1", "--disable_tqdm", "true"]
         return [str(TASKS[self.task][0]), self.config, *extra, *run, *logging]
 
     def run(self, policy: str, seed: int, extra: list[str], label: str | None = None) -> dict:
@@ -105,7 +115,7 @@ class Runner:
         signature = {
             "cmd": arguments,
             "config": read_json(Path(self.config)),
-            "code": code_fingerprint(),
+            "code": code_fingerprint(self.task),
             "threads": self.threads,
         }
         results_file, signature_file = run_dir / "all_results.json", run_dir / SIGNATURE_FILE
@@ -126,6 +136,10 @@ class Runner:
             if proc.returncode != 0:
                 tail = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
                 raise RuntimeError(f"{policy} (seed {seed}) failed with exit code {proc.returncode}; log:\n{tail}")
+            # The checkpoints served best-model selection; the selected model is the run's own output. Kept, they
+            # would fill the disk over a study.
+            for checkpoint in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
             write_json(signature_file, signature)
             # Kept apart from the signature (which must compare equal): what the run cost, start-up and scoring in.
             write_json(run_dir / WALL_TIME_FILE, {"wall_time_s": wall})
@@ -138,13 +152,20 @@ class Runner:
         wall = read_json(wall_file)["wall_time_s"] if wall_file.is_file() else float("nan")
         state = read_json(run_dir / "trainer_state.json")
         steps = state["global_step"]
-        # Validation accuracy at the evaluations during training (when there were any): its peak is what early
-        # stopping on clean validation data could have kept.
+        # Validation accuracy at the evaluations during training (when there were any). With noisy validation labels
+        # (the selection set), the true labels' accuracy is `eval_clean_accuracy`: its peak is what selection on
+        # clean labels could have kept, an optimistic bound.
         history = state.get("log_history", [])
         during = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
-        # The fit of a training subset to its (noisy) labels at the last evaluation (`--eval_train_samples`):
-        # memorization.
-        train_fit = [e["train_subset_accuracy"] for e in history if "train_subset_accuracy" in e]
+        clean = [e["eval_clean_accuracy"] for e in history if "eval_clean_accuracy" in e]
+        # The fit of a training subset to its (noisy) labels at the last evaluation during training
+        # (`--eval_train_samples`): memorization. An evaluation after training (of the selected checkpoint) logs
+        # the same step again; the first entry of a step is the one made during training.
+        fits: dict[int, float] = {}
+        for e in history:
+            if "train_subset_accuracy" in e:
+                fits.setdefault(e["step"], e["train_subset_accuracy"])
+        train_fit = [fits[step] for step in sorted(fits)]
         # A stock optimizer name (`--optim adamw_torch`) logs nothing of aesam_hf's: one forward/backward pass per
         # step, no SAM step.
         passes = results.get("sam/passes", steps)
@@ -152,9 +173,16 @@ class Runner:
             "policy": label or policy,
             "optim": policy,
             "seed": seed,
+            "run_dir": str(run_dir),
             self.metric: results[self.metric],
             "eval_accuracy": results.get("eval_accuracy", float("nan")),
             "peak_eval_accuracy": max(during, default=float("nan")),
+            "peak_clean_eval_accuracy": max(clean, default=float("nan")),
+            # With `--load_best_model_at_end`, `test_accuracy` scores the selected checkpoint and
+            # `test_last_accuracy` (`--test_last_model`) the model of the last step; without, the first is the last.
+            # Either is NaN where it was not measured (no selection, or no last-step score).
+            "test_last_accuracy": results.get("test_last_accuracy", float("nan")),
+            "selected_step": state.get("best_global_step") or float("nan"),
             "train_noisy_accuracy": train_fit[-1] if train_fit else float("nan"),
             "sam_fraction": results.get("sam/fraction_total", 0.0),
             "passes": passes,

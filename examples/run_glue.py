@@ -47,7 +47,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from aesam_hf import AESAMConfig, AESAMTrainer, exit_gloo_process
-from aesam_hf.callbacks import TrainSubsetCallback
+from aesam_hf.callbacks import EvalSetCallback, LastModelCallback, TrainSubsetCallback
 
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,21 @@ class DataTrainingArguments:
             "help": "At every evaluation, also score the first this many training examples against their training "
             "labels (noisy ones included), logged as `train_subset_accuracy` (`aesam_hf.callbacks."
             "TrainSubsetCallback`): a fit above the share of right labels is memorized noise. 0: off."
+        },
+    )
+    clean_label_column_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A column of the validation file with the true labels where `label` is noisy: every evaluation "
+            "also scores them, logged as `eval_clean_accuracy` (checkpoints are still selected on the noisy labels, "
+            "as a user's own held-out data would be)."
+        },
+    )
+    test_last_model: bool = field(
+        default=False,
+        metadata={
+            "help": "With `--do_predict` and a labelled test file: also score it with the model of the last step, as "
+            "`test_last_accuracy`, before `--load_best_model_at_end` replaces it with the selected checkpoint."
         },
     )
     train_file: str | None = field(default=None, metadata={"help": "A CSV or JSON file of training examples."})
@@ -290,12 +305,16 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
 
 
 def sentence_keys(task_name: str | None, column_names: list[str]) -> tuple[str, str | None]:
-    """The text column(s): GLUE's for a task; else `sentence1`/`sentence2`, or the first one or two non-label columns."""
+    """The text column(s): GLUE's for a task; else `sentence1`/`sentence2`, or the first one or two non-label columns.
+
+    A column named `label` or ending in `_label` (e.g. `clean_label`, the true labels kept beside noisy ones) is never
+    read as text: a label column taken as the second sentence would hand the model its answer.
+    """
     if task_name is not None:
         return TASK_TO_KEYS[task_name]
     if "sentence1" in column_names and "sentence2" in column_names:
         return "sentence1", "sentence2"
-    others = [name for name in column_names if name != "label"]
+    others = [name for name in column_names if name != "label" and not name.endswith("_label")]
     if not others:
         raise ValueError(
             f"`train_file` has no text column besides `label` (columns: {column_names}); add a `sentence` column."
@@ -506,6 +525,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # Scored with their training labels: memorizing noisy labels shows there.
         subset = train_dataset.select(range(min(data_args.eval_train_samples, len(train_dataset))))
         trainer.add_callback(TrainSubsetCallback(trainer, subset))
+    clean_column = data_args.clean_label_column_name
+    if eval_dataset is not None and clean_column is not None:
+        if clean_column not in eval_dataset.column_names:
+            raise ValueError(
+                f"`clean_label_column_name` ({clean_column!r}) is not a column of the validation data (columns: "
+                f"{eval_dataset.column_names})."
+            )
+        clean = eval_dataset.map(
+            lambda batch: {"labels": [to_label_id(label) for label in batch[clean_column]]},
+            batched=True,
+            desc="True validation labels",
+        )
+        trainer.add_callback(EvalSetCallback(trainer, clean, "eval_clean"))
+    last_model = None
+    if data_args.test_last_model and train_dataset is not None and "test" in predict_datasets:
+        test = predict_datasets["test"]
+        if "labels" not in test.column_names or any(label == -1 for label in test["labels"]):
+            raise ValueError("`test_last_model` (True) scores the test file, and it has unlabelled examples.")
+        last_model = LastModelCallback(trainer, test)
+        trainer.add_callback(last_model)
 
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
@@ -547,6 +586,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if labelled:
             suffix = "_mm" if name == "mnli-mm" else ""
             metrics = {f"{k}{suffix}": v for k, v in {**output.metrics, "test_samples": len(dataset)}.items()}
+            if last_model is not None and name == "test":
+                metrics.update(last_model.metrics)
             trainer.log_metrics("test", metrics)
             trainer.save_metrics("test", metrics)
             all_metrics.update(metrics)

@@ -47,7 +47,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from aesam_hf import AESAMConfig, AESAMTrainer, exit_gloo_process
-from aesam_hf.callbacks import TrainSubsetCallback
+from aesam_hf.callbacks import EvalSetCallback, LastModelCallback, TrainSubsetCallback
 
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,21 @@ class DataTrainingArguments:
             "help": "At every evaluation, also score the first this many training examples against their training "
             "labels (noisy ones included), logged as `train_subset_accuracy` (`aesam_hf.callbacks."
             "TrainSubsetCallback`): a fit above the share of right labels is memorized noise. 0: off."
+        },
+    )
+    clean_label_column_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A column of the validation split with the true labels where `label_column_name` is noisy: every "
+            "evaluation also scores them, logged as `eval_clean_accuracy` (checkpoints are still selected on the noisy "
+            "labels, as a user's own held-out data would be)."
+        },
+    )
+    test_last_model: bool = field(
+        default=False,
+        metadata={
+            "help": "With `--do_predict`: also score the test split with the model of the last step, as "
+            "`test_last_accuracy`, before `--load_best_model_at_end` replaces it with the selected checkpoint."
         },
     )
     random_flip: bool = field(default=True, metadata={"help": "Flip training images left-right at random."})
@@ -487,6 +502,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         subset = dataset["train"].select(range(min(data_args.eval_train_samples, len(dataset["train"]))))
         subset.set_transform(transform[False])
         trainer.add_callback(TrainSubsetCallback(trainer, subset))
+    clean_column = data_args.clean_label_column_name
+    if clean_column is not None:
+        if clean_column not in dataset["validation"].column_names:
+            raise ValueError(
+                f"`clean_label_column_name` ({clean_column!r}) is not a column of the validation split (columns: "
+                f"{dataset['validation'].column_names})."
+            )
+        clean = dataset["validation"].remove_columns(label_column).rename_column(clean_column, label_column)
+        clean.set_transform(transform[False])
+        trainer.add_callback(EvalSetCallback(trainer, clean, "eval_clean"))
+    last_model = None
+    if data_args.test_last_model and training_args.do_predict and training_args.do_train and "test" in dataset:
+        last_model = LastModelCallback(trainer, dataset["test"])
+        trainer.add_callback(last_model)
 
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
@@ -514,6 +543,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             )
         metrics = trainer.predict(dataset["test"], metric_key_prefix="test").metrics
         metrics["test_samples"] = len(dataset["test"])
+        if last_model is not None:
+            metrics.update(last_model.metrics)
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
         all_metrics.update(metrics)

@@ -3,6 +3,7 @@ the comparisons it reports and the demo's reading of its table."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from scipy import stats as scipy_stats
@@ -47,116 +48,63 @@ def test_a_single_seed_gives_no_interval_and_no_claim():
         paired_difference({1: 0.9}, {2: 0.1}, ("x", "y"))
 
 
-def tune(monkeypatch, curve, grid) -> dict:
-    """`tune_rho` with each `sam` run replaced by `curve(rho)` as its validation accuracy."""
-    calls = []
+def test_grid_search_grows_past_an_edge_until_the_optimum_is_inside():
+    tried = []
 
-    def fake_run_jobs(jobs, workers):
-        rows = []
-        for _runner, (policy, seed, flags, _label) in jobs:
-            assert policy == "sam" and seed == 1 and "--do_predict" not in flags
-            rho = float(flags[flags.index("--sam_rho") + 1])
-            calls.append(rho)
-            rows.append({"eval_accuracy": curve(rho), "wall_time": 1.0})
-        return rows
+    def score(curve):
+        def run(values):
+            tried.extend(values)
+            return [curve(v) for v in values]
 
-    monkeypatch.setattr(accuracy, "run_jobs", fake_run_jobs)
-    args = accuracy.StudyArguments(seeds=[1, 2], rho_grid=grid, output_dir="unused")
-    tuning = accuracy.tune_rho(args, accuracy.RegimeRuns(args, REGIMES["image-noisy"]))
-    assert len(calls) == len(set(calls))  # no rho is run twice
-    return tuning
+        return run
 
-
-def test_rho_grid_grows_past_an_edge_until_the_optimum_is_inside(monkeypatch):
-    # Validation accuracy peaking at rho = 0.2: the grid [0.05, 0.1] must grow to 0.2 (the best, at the edge again)
-    # and 0.4 (which puts it inside).
-    tuning = tune(monkeypatch, lambda rho: -abs(math.log(rho / 0.2)), [0.05, 0.1])
-    assert tuning["chosen"] == pytest.approx(0.2) and tuning["interior"] and tuning["extensions"] == 2
-    assert set(map(float, tuning["scores"])) == {0.05, 0.1, 0.2, 0.4}
-    assert tuning["runs_wall_time_s"] == 4.0  # every tuning run's time counts, the extensions' too (1 s each here)
-    # With a peak further out, the study stops after two extensions and says the choice is at the edge.
-    tuning = tune(monkeypatch, lambda rho: -abs(math.log(rho / 5.0)), [0.05, 0.1])
-    assert tuning["chosen"] == pytest.approx(0.4) and not tuning["interior"]
-    # Downwards too.
-    tuning = tune(monkeypatch, lambda rho: -abs(math.log(rho / 0.02)), [0.05, 0.1, 0.2])
-    assert tuning["chosen"] == pytest.approx(0.025) and tuning["interior"]  # after trying 0.025 and 0.0125
+    # Validation accuracy peaking at 0.2: the grid [0.025, 0.05, 0.1] grows to 0.2 (0.1 won, at the edge), then to
+    # 0.4 (0.2 won, at the edge again), which puts the optimum inside.
+    result = accuracy.grid_search([0.025, 0.05, 0.1], score(lambda v: -abs(math.log(v / 0.2))))
+    assert result["chosen"] == pytest.approx(0.2) and result["interior"] and result["extensions"] == 2
+    assert len(tried) == len(set(tried)) == 5  # no value runs twice
+    # With a peak further out, it stops after two extensions and says the choice is at the edge.
+    far = accuracy.grid_search([0.025, 0.05, 0.1], score(lambda v: -abs(math.log(v / 5.0))))
+    assert far["chosen"] == pytest.approx(0.4) and not far["interior"] and far["extensions"] == 2
+    # An optimum inside the grid: nothing more runs; downwards, the grid halves past its smallest value.
+    assert accuracy.grid_search([0.1, 0.2, 0.4], score(lambda v: -abs(v - 0.2)))["extensions"] == 0
+    down = accuracy.grid_search([0.05, 0.1, 0.2], score(lambda v: -abs(math.log(v / 0.02))))
+    assert down["chosen"] == pytest.approx(0.025) and down["interior"]  # after trying 0.025 and 0.0125
+    # A tie goes to the smaller value.
+    tie = accuracy.grid_search([1.0, 2.0, 3.0, 4.0], score(lambda v: 0.5 - 0.1 * (v in (1.0, 4.0))))
+    assert tie["chosen"] == 2.0 and tie["interior"]
 
 
-def test_matched_controls_take_aesam_fraction():
-    controls = {label: (policy, flags) for policy, flags, label in accuracy.matched_controls(0.43)}
-    assert controls["random-matched"] == ("random", ["--sam_probability", "0.43"])
-    assert controls["scheduled-matched"] == ("scheduled", ["--aesam_budget", "0.43"])
-    assert controls["periodic-matched"] == ("periodic", ["--sam_interval", "2"])  # 1/0.43 = 2.3 -> every 2nd step
-    assert dict((label, flags) for _, flags, label in accuracy.matched_controls(0.15))["periodic-matched"] == [
-        "--sam_interval",
-        "7",
-    ]
+def fake_runs(scheduled: list[tuple], curve=None):
+    """A stand-in for `run_jobs`: each run's row without training, its validation score `curve(policy, lr, wd, rho)`.
 
-
-def test_comparisons_pair_the_questions_the_study_asks():
-    rows = [
-        {"policy": policy, "seed": seed, "test_accuracy": score + 0.001 * seed}
-        for seed in (1, 2, 3)
-        for policy, score in [
-            ("adamw_torch", 0.5),
-            ("sam", 0.6),
-            ("aesam", 0.55),
-            ("random-matched", 0.54),
-            ("scheduled-matched", 0.55),
-            ("periodic-matched", 0.53),
-            ("aesam-b0.2", 0.52),
-            ("random-p0.2", 0.51),
-        ]
-    ]
-    found = {(c["a"], c["b"]): c for c in accuracy.comparisons(rows, REGIMES["image-noisy"])}
-    expected = {("sam", "adamw_torch"), ("aesam", "adamw_torch"), ("aesam", "sam"), ("aesam-b0.2", "random-p0.2")}
-    expected |= {("aesam", c) for c in ("random-matched", "scheduled-matched", "periodic-matched")}
-    expected |= {("scheduled-matched", "random-matched"), ("sam", "scheduled-matched")}
-    assert set(found) == expected  # budgets 0.35 and 0.5 did not run: not compared
-    assert found[("sam", "adamw_torch")]["mean"] == pytest.approx(0.1)
-    assert found[("aesam", "sam")]["verdict"] == "sam better"
-
-
-def test_the_demo_reading_quotes_the_table():
-    def entry(policy, score, passes, peak=float("nan"), fit=float("nan")):
-        return {
-            "policy": policy,
-            "test_accuracy": (score, 0.0),
-            "passes_per_step": (passes, 0.0),
-            "peak_eval_accuracy": (peak, 0.0),
-            "train_noisy_accuracy": (fit, 0.0),
-        }
-
-    summary = [entry("adamw_torch", 0.52, 1.0, 0.70, 0.91), entry("sam", 0.64, 2.0), entry("aesam", 0.58, 1.4)]
-    text = read_out(summary, "test_accuracy", "adamw_torch", 0.4, n_seeds=1)
-    assert "peaked at 70.0% validation accuracy" in text and "fit 91% of its training labels" in text
-    assert "at most 60%" in text and "It memorized noise." in text
-    assert "SAM ended at 64.0% (+12.0 points) for 2.00" in text
-    assert "aesam ended at 58.0% (+6.0 points, 50% of SAM's gain) for 1.40 passes per step (40% of SAM's" in text
-    assert "one seed, so no interval" in text
-    # SAM losing is said as plainly.
-    summary[1] = entry("sam", 0.50, 2.0)
-    text = read_out(summary, "test_accuracy", "adamw_torch", 0.0, n_seeds=3)
-    assert "SAM ended at 50.0% (-2.0 points)" in text and "memorized" not in text and "SAM's gain" not in text
-
-
-def fake_runs(scheduled: list[str]):
-    """A stand-in for `run_jobs`: each run's row without training (validation peaks at rho 0.1); labels recorded."""
+    The rows carry no test score for a tuning run to read by mistake: tuning reads validation only.
+    """
+    curve = curve or (lambda policy, lr, wd, rho: -abs(lr - 0.002) - wd - abs((rho or 0.1) - 0.1))
 
     def run_jobs(jobs, workers):
         rows = []
         for _runner, (policy, seed, flags, label) in jobs:
-            scheduled.append(label or policy)
-            rho = float(flags[flags.index("--sam_rho") + 1])
-            fraction = {"sam": 1.0, "aesam": 0.5}.get(policy, 0.0)
+            value = {
+                f: float(flags[flags.index(f) + 1])
+                for f in ("--learning_rate", "--weight_decay", "--sam_rho")
+                if f in flags
+            }
+            lr, wd, rho = value["--learning_rate"], value["--weight_decay"], value.get("--sam_rho")
+            scheduled.append((label, seed, lr, wd, rho, tuple(flags)))
+            fraction = {"sam": 1.0, "aesam": 0.45}.get(policy, 0.0)
+            if policy in ("late", "scheduled"):
+                fraction = float(flags[flags.index("--aesam_budget") + 1])
             rows.append(
                 {
-                    "policy": label or policy,
+                    "policy": label,
                     "seed": seed,
-                    "eval_accuracy": -abs(rho - 0.1),
-                    "test_accuracy": 0.5,
+                    "eval_accuracy": curve(policy, lr, wd, rho),
+                    "test_accuracy": 0.5 + 0.01 * seed + (0.05 + 0.003 * seed if policy == "sam" else 0.0),
+                    "test_last_accuracy": 0.4 + 0.01 * seed,
                     "sam_fraction": fraction,
                     "passes": 10 * (1 + fraction),
+                    "passes_per_step": 1 + fraction,
                     "train_time": 1.0,
                     "wall_time": 2.0,
                 }
@@ -166,43 +114,182 @@ def fake_runs(scheduled: list[str]):
     return run_jobs
 
 
-def test_a_core_only_regime_runs_adamw_sam_and_aesam_alone(monkeypatch):
+def test_tuning_gives_adamw_at_least_as_many_runs_as_rho_and_reads_validation_only(monkeypatch):
     scheduled = []
-    fake_run_jobs = fake_runs(scheduled)
-    monkeypatch.setattr(accuracy, "run_jobs", fake_run_jobs)
-    args = accuracy.StudyArguments(seeds=[1, 2], regimes=["text-noisy"], core_only=["text-noisy"], output_dir="unused")
-    result = accuracy.run_regime(args, REGIMES["text-noisy"])
-    assert set(scheduled) == {"sam", "adamw_torch", "aesam"}  # no budget, no matched control
-    assert not result["regime"]["full"] and not result["controls"]
-    with pytest.raises(ValueError, match="core_only"):
-        accuracy.StudyArguments(regimes=["image-noisy"], core_only=["text-noisy"], output_dir="unused")
+    monkeypatch.setattr(accuracy, "run_jobs", fake_runs(scheduled))
+    regime = REGIMES["image-noisy"]
+    args = accuracy.StudyArguments(seeds=[1, 2], regimes=["image-noisy"], output_dir="unused")
+    monkeypatch.setattr(type(regime), "data_flags", lambda self, seed: [])
+    tuning = accuracy.tune(args, accuracy.RegimeRuns(args, regime))
+    adamw = [run for run in scheduled if run[0] == "erm"]
+    sam = [run for run in scheduled if run[0] == "sam"]
+    msam = [run for run in scheduled if run[0] == "msam"]
+    assert all(run[1] == 1 for run in scheduled)  # the first seed only
+    assert len(adamw) >= len(sam) >= len(regime.rho_grid)
+    assert {(lr, wd) for _, _, lr, wd, _, _ in adamw} == {(lr, wd) for lr in regime.lr_grid for wd in regime.wd_grid}
+    assert tuning["adamw"]["chosen"] == {"learning_rate": 0.002, "weight_decay": 0.0} and tuning["adamw"]["interior"]
+    # SAM's and Momentum-SAM's rho are tuned at AdamW's chosen learning rate and weight decay, each on its own grid.
+    assert {(lr, wd) for _, _, lr, wd, _, _ in sam + msam} == {(0.002, 0.0)}
+    assert {rho for *_, rho, _ in sam} == set(regime.rho_grid)
+    assert tuning["sam"]["chosen"] == 0.1 and tuning["sam"]["interior"]
+    # Momentum-SAM's grid starts at 0.3: its smallest value wins, so the grid halves twice (0.15, 0.075).
+    assert tuning["msam"]["chosen"] == pytest.approx(0.075) and tuning["msam"]["extensions"] == 2
+    assert not tuning["msam"]["interior"]
+    assert tuning["runs"] == len(scheduled) and tuning["runs_wall_time_s"] == 2.0 * len(scheduled)
+
+
+def test_every_policy_runs_at_the_tuned_settings_and_the_controls_at_aesams_fraction(monkeypatch):
+    scheduled = []
+    monkeypatch.setattr(accuracy, "run_jobs", fake_runs(scheduled))
+    regime = REGIMES["image-noisy"]
+    monkeypatch.setattr(type(regime), "data_flags", lambda self, seed: [])
+    args = accuracy.StudyArguments(seeds=[1, 2, 3], regimes=["image-noisy"], output_dir="unused")
+    result = accuracy.run_regime(args, regime)
+    runs = {(label, seed): (lr, wd, rho, flags) for label, seed, lr, wd, rho, flags in scheduled}
+    for seed in (1, 2, 3):
+        assert runs[("erm", seed)][:3] == (0.002, 0.0, None)  # AdamW takes no rho
+        for label in ("sam", "aesam", "late", "late-matched", "scheduled-matched"):
+            assert runs[(label, seed)][:3] == (0.002, 0.0, 0.1)  # the SAM family at SAM's rho
+        assert runs[("msam", seed)][2] == result["settings"]["msam_rho"]
+        assert "--aesam_budget 0.125" in " ".join(runs[("late", seed)][3])  # late SAM's paper: the last 12.5%
+        for label in ("late-matched", "scheduled-matched"):
+            assert "--aesam_budget 0.45" in " ".join(runs[(label, seed)][3])  # AE-SAM's measured fraction
+    assert {r["policy"] for r in result["runs"]} == {
+        "adamw",
+        "sam",
+        "aesam",
+        "msam",
+        "late",
+        "late-matched",
+        "scheduled-matched",
+    }
+    assert result["matched_budget"] == 0.45 and result["aesam_fraction"] == pytest.approx(0.45)
+    # Both scores are compared: the selected checkpoint's (SAM +5.3 to +5.9 points) and the last step's (equal).
+    selected = {(c["a"], c["b"]): c for c in result["comparisons"]["test_accuracy"]}
+    last = {(c["a"], c["b"]): c for c in result["comparisons"]["test_last_accuracy"]}
+    assert selected[("sam", "adamw")]["mean"] == pytest.approx(0.056) and last[("sam", "adamw")]["mean"] == 0.0
+    assert {("aesam", "late-matched"), ("aesam", "scheduled-matched"), ("msam", "sam"), ("late", "adamw")} <= set(
+        selected
+    )
+    assert result["decision"]["policy"] == "sam"  # every cheaper policy is below it in every seed
+
+
+def _summary(policy, passes):
+    return {"policy": policy, "passes_per_step": (passes, 0.0)}
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "expected"),
+    [
+        ({"adamw": "no difference", "msam": "no difference", "late": "no difference"}, "adamw"),
+        ({"adamw": "sam better", "msam": "no difference", "late": "no difference"}, "msam"),
+        ({"adamw": "sam better", "msam": "sam better", "late": "late better"}, "late"),
+        ({"adamw": "adamw better", "msam": "sam better", "late": "sam better"}, "adamw"),
+        ({"adamw": "sam better", "msam": "sam better", "late": "sam better", "aesam": "sam better"}, "sam"),
+    ],
+)
+def test_the_cheapest_policy_not_below_sam(verdicts, expected):
+    summary = [_summary("adamw", 1.0), _summary("sam", 2.0), _summary("aesam", 1.45), _summary("msam", 1.0)]
+    summary += [_summary("late", 1.125)]
+
+    def versus_sam(policy, verdict):
+        # AdamW's comparison is made as `sam − adamw`, the others' as `policy − sam`; the verdict names the winner.
+        if policy == "adamw":
+            flipped = {"sam better": "sam better", "adamw better": "adamw better"}.get(verdict, verdict)
+            return {"a": "sam", "b": "adamw", "n": 5, "mean": 0.01, "low": -0.01, "high": 0.03, "verdict": flipped}
+        return {"a": policy, "b": "sam", "n": 5, "mean": -0.01, "low": -0.03, "high": 0.01, "verdict": verdict}
+
+    compared = [versus_sam(p, v) for p, v in verdicts.items()]
+    compared += [versus_sam("aesam", "no difference")] * ("aesam" not in verdicts)
+    decision = accuracy.cheapest_not_below_sam(summary, compared)
+    assert decision["policy"] == expected
+    if expected == "adamw":
+        # Its difference is reported as AdamW − SAM: the `sam − adamw` interval turned round.
+        assert (decision["against_sam"]["mean"], decision["against_sam"]["low"]) == (-0.01, -0.03)
+    # With one seed nothing is decided: "not shown below" would then say nothing.
+    one_seed = [{**c, "n": 1} for c in compared]
+    assert accuracy.cheapest_not_below_sam(summary, one_seed)["policy"] is None
+
+
+def test_the_study_names_runnable_flags_for_its_labels():
+    settings = {"sam_rho": 0.05, "msam_rho": 0.075}
+    assert accuracy.run_flags("late-matched", settings, 0.46) == "--optim late --aesam_budget 0.46 --sam_rho 0.05"
+    assert accuracy.run_flags("scheduled-matched", settings, 0.46).startswith("--optim scheduled --aesam_budget 0.46")
+    assert accuracy.run_flags("adamw", settings, 0.46) == "--optim adamw_torch --load_best_model_at_end"
+    assert accuracy.run_flags("msam", settings, 0.46) == "--optim msam --sam_rho 0.075"
+
+
+def test_a_regime_whose_config_does_not_select_is_refused(tmp_path, monkeypatch):
+    config = tmp_path / "no_selection.json"
+    config.write_text(json.dumps({"eval_strategy": "steps", "do_predict": True, "test_last_model": True}))
+    regime = REGIMES["image-noisy"]
+    monkeypatch.setattr(type(regime), "config_path", property(lambda self: str(config)))
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        accuracy.check_selection(regime)
+
+
+def test_the_demo_reading_quotes_the_table():
+    def entry(policy, score, passes, last=float("nan"), step=float("nan"), fit=float("nan")):
+        return {
+            "policy": policy,
+            "test_accuracy": (score, 0.0),
+            "test_last_accuracy": (last, 0.0),
+            "selected_step": (step, 0.0),
+            "passes_per_step": (passes, 0.0),
+            "train_noisy_accuracy": (fit, 0.0),
+        }
+
+    summary = [
+        entry("adamw_torch", 0.66, 1.0, 0.52, 300, 0.91),
+        entry("sam", 0.67, 2.0, 0.64, 700),
+        entry("aesam", 0.665, 1.4, 0.58, 500),
+    ]
+    text = read_out(summary, "test_accuracy", "adamw_torch", 0.4, n_seeds=1)
+    assert (
+        "adamw_torch scored 66.0% at the checkpoint its validation selected (step 300) and 52.0% at its last" in text
+    )
+    assert "fit 91% of its training labels" in text and "at most 60%" in text and "It memorized noise." in text
+    assert "SAM scored 67.0% at the checkpoint its validation selected (step 700) and 64.0% at its last step" in text
+    assert "(+1.0 points at the selected checkpoints) for 2.00" in text
+    assert "(+0.5 points, 50% of SAM's gain) for 1.40 passes per step (40% of SAM's" in text
+    assert "one seed, so no interval" in text and "tuned AdamW" in text
+    # Without selection (no last-step score), each is read at its end; SAM losing is said as plainly.
+    summary = [entry("adamw_torch", 0.52, 1.0), entry("sam", 0.50, 2.0)]
+    text = read_out(summary, "test_accuracy", "adamw_torch", 0.0, n_seeds=3)
+    assert "SAM ended at 50.0% (-2.0 points)" in text and "memorized" not in text and "SAM's gain" not in text
 
 
 def test_a_study_of_some_regimes_keeps_the_others_with_what_measured_them(monkeypatch, tmp_path):
     monkeypatch.setattr(accuracy, "run_jobs", fake_runs([]))
-    common = ["--output_dir", str(tmp_path / "accuracy"), "--seeds", "1", "2"]
-    accuracy.main([*common, "--regimes", "text-noisy", "image-underfit", "--core_only", "text-noisy"])
-    accuracy.main([*common, "--regimes", "image-noisy", "text-noisy", "--core_only", "image-noisy", "text-noisy"])
+    for regime in REGIMES.values():
+        monkeypatch.setattr(type(regime), "data_flags", lambda self, seed: [])
+    common = ["--output_dir", str(tmp_path / "accuracy"), "--seeds", "1", "2", "--smoke"]
+    accuracy.main([*common, "--regimes", "text-noisy", "image-clean"])
+    # An entry of the earlier study design (read at the last step, no decision) is dropped, not reported.
+    path = tmp_path / "accuracy" / "accuracy.json"
+    earlier = json.loads(path.read_text())
+    earlier["regimes"]["image-underfit"] = {"rho": 0.1, "rho_tuning": {}, "summary": []}
+    path.write_text(json.dumps(earlier))
+    accuracy.main([*common, "--regimes", "image-noisy", "text-noisy"])
     study = json.loads((tmp_path / "accuracy" / "accuracy.json").read_text())
-    assert list(study["regimes"]) == ["image-noisy", "text-noisy", "image-underfit"]  # the regimes' own order
+    assert list(study["regimes"]) == ["image-noisy", "image-clean", "text-noisy"]  # the regimes' own order
     commands = {name: r["measured_by"]["command"] for name, r in study["regimes"].items()}
     assert "--regimes image-noisy text-noisy" in commands["text-noisy"] == commands["image-noisy"]
-    assert "--regimes text-noisy image-underfit" in commands["image-underfit"]  # kept from the first invocation
-    # The report says which invocation measured a regime, and flags one whose training code has changed since.
+    assert "--regimes text-noisy image-clean" in commands["image-clean"]  # kept from the first invocation
     # The wall time of the second invocation does not include the kept regime's, and the report says so.
     wall = report.wall_time_section(tmp_path)
-    assert "not counted in its own time: image-underfit (measured by an earlier invocation)" in wall
+    assert "not counted in its own time: image-clean (measured by an earlier invocation)" in wall
     assert "a reused run costs nothing" in wall
     assert "| step_cost | – | – | not run" in wall
-    # From scratch, every run counts, whichever invocation made it: 4 rho runs + 3 policies x 2 seeds, 2 s each.
-    assert [r["runs_wall_time_s"] for r in study["regimes"].values()] == [20.0, 20.0, 20.0]
-    assert report.from_scratch_s(study) == 30.0  # 60 s of runs, two side by side
-    assert "| accuracy | " in wall and " | 0.5 | `python -m benchmarks.accuracy" in wall
-    kept = study["regimes"]["image-underfit"]
+    # From scratch, every run counts, whichever invocation made it: the smoke grids' 2 + 2 + 2 tuning runs and 7
+    # policies x 2 seeds, 2 s each.
+    assert [r["runs_wall_time_s"] for r in study["regimes"].values()] == [40.0, 40.0, 40.0]
+    assert report.from_scratch_s(study) == 60.0  # 120 s of runs, two side by side
+    kept = study["regimes"]["image-clean"]
     assert report.measured_by(kept).endswith("on the current code.")
     kept["measured_by"]["code"]["code_sha256"] = "0" * 64
     assert "**on earlier code** (the training code changed since)" in report.measured_by(kept)
-    assert "did not record" in report.measured_by({"rho": 0.1})
+    assert "did not record" in report.measured_by({"regime": {"task": "image"}})
 
 
 @pytest.mark.parametrize(
@@ -242,67 +329,100 @@ def test_the_demo_reads_the_label_noise_from_the_data_it_runs_on(tmp_path):
 
 
 def fake_study(tmp_path) -> dict:
-    """An accuracy.json as the study writes it, two regimes, two seeds, with an AE-SAM run per regime on disk: one
-    regime evaluated during training (noisy labels), one not (as image-underfit)."""
+    """An accuracy.json as the study writes it, two regimes, two seeds, with the seed-1 runs on disk: one regime
+    evaluated during training (noisy labels), one not."""
     regimes = {}
     for name, kind, noise, evaluates in (
         ("image-noisy", "overfitting", 0.4, True),
-        ("image-underfit", "underfitting", 0.0, False),
+        ("image-clean", "clean", 0.0, False),
     ):
-        root = tmp_path / name / "rho0.1"
-        for policy in ("adamw_torch", "sam", "aesam"):
+        runs = []
+        for policy in ("adamw", "sam", "aesam"):
+            run_dir = tmp_path / name / policy / "seed1"
             history = [
                 {"step": s, "sam/grad_norm_sq": 1.0 + s % 3, "sam/threshold": 2.0, "sam/fraction": float(s % 3 > 0)}
                 for s in range(1, 11)
             ]
             if evaluates:
-                history += [{"step": s, "eval_accuracy": 0.5 + s / 100} for s in (5, 10, 10)]  # the last: final eval
+                history += [{"step": s, "eval_accuracy": 0.3 + s / 100} for s in (5, 10, 10)]  # the last: final eval
+                history += [{"step": s, "eval_clean_accuracy": 0.5 + s / 100} for s in (5, 10)]
                 history += [{"step": s, "train_subset_accuracy": 0.4 + s / 20} for s in (5, 10)]
-            (root / policy / "seed1").mkdir(parents=True)
-            (root / policy / "seed1" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+            run_dir.mkdir(parents=True)
+            (run_dir / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+            runs.append({"policy": policy, "seed": 1, "run_dir": str(run_dir)})
         summary = [
-            {"policy": p, "seeds": 2, "test_accuracy": (acc, 0.01), "passes_per_step": (passes, 0.0)}
-            for p, acc, passes in (("adamw_torch", 0.55, 1.0), ("sam", 0.61, 2.0), ("aesam", 0.60, 1.4))
-        ]
-        comparisons = [
-            {"a": "sam", "b": "adamw_torch", "n": 2, "mean": 0.06, "low": 0.02, "high": 0.10, "verdict": "sam better"},
             {
-                "a": "aesam",
-                "b": "adamw_torch",
-                "n": 2,
-                "mean": 0.05,
-                "low": -0.01,
-                "high": 0.11,
-                "verdict": "no difference",
-            },
+                "policy": p,
+                "seeds": 2,
+                "test_accuracy": (acc, 0.01),
+                "test_last_accuracy": (acc - 0.1, 0.02),
+                "selected_step": (5.0, 0.0),
+                "peak_clean_eval_accuracy": (acc + 0.01, 0.01),
+                "train_noisy_accuracy": (0.8, 0.01),
+                "sam_fraction": (passes - 1, 0.0),
+                "passes_per_step": (passes, 0.0),
+            }
+            for p, acc, passes in (("adamw", 0.55, 1.0), ("sam", 0.61, 2.0), ("aesam", 0.60, 1.4))
         ]
+
+        def compared(metric):
+            return [
+                {"a": "sam", "b": "adamw", "n": 2, "mean": 0.06, "low": 0.02, "high": 0.10, "verdict": "sam better"},
+                {
+                    "a": "aesam",
+                    "b": "sam",
+                    "n": 2,
+                    "mean": -0.01,
+                    "low": -0.05,
+                    "high": 0.03,
+                    "verdict": "no difference",
+                },
+            ]
+
+        tuning = {"scores": {"0.05": 0.5, "0.1": 0.62, "0.2": 0.6}, "chosen": 0.1, "interior": True, "extensions": 0}
+        adamw = {"scores": {"lr0.001-wd0": 0.6}, "chosen": {"learning_rate": 0.001, "weight_decay": 0.0}}
         regimes[name] = {
-            "regime": {"kind": kind, "label_noise": noise},
-            "rho": 0.1,
-            "rho_tuning": {
-                "scores": {"0.0125": 0.5, "0.025": 0.55, "0.05": 0.6, "0.1": 0.62, "0.2": 0.6, "0.4": 0.5},
-                "chosen": 0.1,
-            },
+            "regime": {"kind": kind, "label_noise": noise, "task": "image", "description": name, "config": "x.json"},
+            "tuning": {"adamw": {**adamw, "interior": True, "extensions": 0}, "sam": tuning, "msam": tuning},
+            "settings": {"learning_rate": 0.001, "weight_decay": 0.0, "sam_rho": 0.1, "msam_rho": 0.1},
+            "aesam_fraction": 0.4,
+            "matched_budget": 0.4,
+            "runs": runs,
             "summary": summary,
-            "comparisons": comparisons,
-            "trace_run": str(root / "aesam" / "seed1"),
+            "comparisons": {"test_accuracy": compared("test_accuracy"), "test_last_accuracy": compared("last")},
+            "decision": {
+                "policy": "aesam" if evaluates else "adamw",
+                "passes_per_step": 1.4 if evaluates else 1.0,
+                "flags": "--optim aesam --sam_rho 0.1"
+                if evaluates
+                else "--optim adamw_torch --load_best_model_at_end",
+                "against_sam": {"n": 2, "mean": -0.01, "low": -0.05, "high": 0.03, "verdict": "no difference"},
+            },
+            "trace_run": str(tmp_path / name / "aesam" / "seed1"),
         }
-    return {"arguments": {"seeds": [1, 2]}, "regimes": regimes}
+    return {"arguments": {"seeds": [1, 2]}, "regimes": regimes, "environment": {}, "command": "python -m x"}
 
 
-def test_the_results_table_is_generated_from_the_study_json(tmp_path):
+def test_the_readme_results_say_which_policy_to_use_from_the_study_json(tmp_path):
     table = report.results_table(fake_study(tmp_path), "`accuracy.json`")
     lines = table.splitlines()
     assert lines[0].startswith("<!-- Generated by `python -m benchmarks.report` from `accuracy.json`")
-    row = next(line for line in lines if line.startswith("| image-noisy (overfitting) |"))
-    # AdamW, SAM, AE-SAM with their passes per step; SAM − AdamW in bold (its interval excludes 0), AE-SAM's not;
-    # AE-SAM − SAM was not compared in this JSON.
-    assert "| 55.00 ± 1.00 [1.00] | 61.00 ± 1.00 [2.00] | 60.00 ± 1.00 [1.40] |" in row
-    assert "| **+6.00** [+2.00, +10.00] | +5.00 [-1.00, +11.00] | – |" in row
-    assert "Mean over 2 seeds" in table and "(benchmarks.md)" in table
+    assert "**Which policy should I use?**" in table
+    noisy = next(line for line in lines if line.startswith("| image-noisy (overfitting) |"))
+    # SAM − AdamW in bold (its interval excludes 0), AE-SAM − SAM not; the matched controls were not compared here.
+    assert noisy == (
+        "| image-noisy (overfitting) | **+6.00** [+2.00, +10.00] | AE-SAM (`--optim aesam --sam_rho 0.1`, 1.40 "
+        "passes/step; − SAM: -1.00 [-5.00, +3.00]) | -1.00 [-5.00, +3.00] | – | – |"
+    )
+    clean = next(line for line in lines if line.startswith("| image-clean (clean) |"))
+    # Said plainly where AdamW is as good.
+    assert "| AdamW with best-checkpoint selection (`--optim adamw_torch" in clean
+    accuracies = next(line for line in lines if line.startswith("| image-noisy | "))
+    assert accuracies == "| image-noisy | 55.00 ± 1.00 [1.00] | 61.00 ± 1.00 [2.00] | 60.00 ± 1.00 [1.40] |"
+    assert "mean ± std over 2 seeds" in table and "(docs/benchmarks.md)" in table
 
 
-def test_report_figures_have_readable_ticks_and_no_empty_panel(tmp_path):
+def test_report_draws_one_cost_figure_per_regime_and_no_empty_panel(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -313,21 +433,34 @@ def test_report_figures_have_readable_ticks_and_no_empty_panel(tmp_path):
     real_savefig = plt.Figure.savefig
 
     def keep(fig, path, **kwargs):  # look at each figure as it is saved
-        saved.append(fig)
+        saved.append((Path(path).name, fig))
         return real_savefig(fig, path, **kwargs)
 
+    figures = tmp_path / "figures"
+    figures.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plt.Figure, "savefig", keep)
-        report.rho_figure(study, tmp_path / "rho.png")
-        for name, r in study["regimes"].items():
-            assert report.decisions_figure(name, r, 1, tmp_path / f"{name}.png")
-    rho, noisy, underfit = saved
-    (ax,) = rho.axes
-    labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == ["0.0125", "0.025", "0.05", "0.1", "0.2", "0.4"]  # one plain label per rho tried
-    assert not [t for t in ax.get_xticklabels(minor=True) if t.get_text()]
-    assert len(noisy.axes) == 2 and all(ax.has_data() for ax in noisy.axes)
-    assert len(underfit.axes) == 1 and underfit.axes[0].has_data()  # no evaluations: no empty second panel
-    # The final evaluation repeats the last step: drawn once.
-    curve = report.curves(tmp_path / "image-noisy" / "rho0.1" / "sam" / "seed1")
-    assert curve["validation_step"] == [5, 10] and curve["step"] == [5, 10]
+        section = report.accuracy_section(study, figures)
+    names = [name for name, _ in saved]
+    assert names == [
+        "accuracy_vs_cost_image-noisy.png",
+        "aesam_decisions_image-noisy.png",
+        "accuracy_vs_cost_image-clean.png",
+        "aesam_decisions_image-clean.png",
+    ]
+    cost = dict(saved)["accuracy_vs_cost_image-noisy.png"]
+    (ax,) = cost.axes
+    assert "selected checkpoint" in ax.get_title() and ax.get_xlabel().startswith("forward/backward passes")
+    assert len(dict(saved)["aesam_decisions_image-noisy.png"].axes) == 2
+    assert len(dict(saved)["aesam_decisions_image-clean.png"].axes) == 1  # no evaluations: no empty second panel
+    # The curves show validation on the true labels where the selection set is noisy; the final evaluation
+    # repeats the last step and is drawn once.
+    curve = report.curves(tmp_path / "image-noisy" / "sam" / "seed1")
+    assert curve["validation_step"] == [5, 10] and curve["validation"] == [0.55, 0.6] and curve["step"] == [5, 10]
+    assert "Cheapest policy whose selected-checkpoint accuracy is not below SAM's: **AE-SAM**" in section
+    assert "**AdamW with best-checkpoint selection**" in section
+    assert "| AdamW (tuned) (`adamw`) | 55.00 ± 1.00 | 45.00 ± 2.00 | 5 | 56.00 ± 1.00 |" in section
+    assert (
+        "| sam − adamw | 2 | **+6.00** [+2.00, +10.00] | sam better | **+6.00** [+2.00, +10.00] | sam better |"
+        in section
+    )

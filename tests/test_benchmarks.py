@@ -40,8 +40,8 @@ def results(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bench")
     run("step_cost", "--smoke", "--output", root / "step_cost.json")
     run("memory", "--smoke", "--repeats", "1", "--workloads", "minilm", "--output", root / "memory.json")
-    # One regime, one seed: every path of the study (tuning, budgets, matched controls) in a few minutes.
-    study = ["--smoke", "--regimes", "image-noisy", "--seeds", "1", "--rho_grid", "0.05", "0.1"]
+    # One regime, one seed: every path of the study (tuning, every policy, matched controls) in a few minutes.
+    study = ["--smoke", "--regimes", "image-noisy", "--seeds", "1"]
     run("accuracy", *study, "--output_dir", root / "accuracy")
     # Always run: the α study reads the LookSAM ratios the library logs, and a library that stopped logging them must
     # fail here (`sam_step_ratios` raises), not skip.
@@ -135,54 +135,65 @@ def test_memory_reports_peaks_against_parameter_bytes(results):
 
 @pytest.mark.slow
 @needs_data
-def test_accuracy_study_tunes_rho_on_validation_and_matches_the_controls_to_aesam(results):
+def test_accuracy_study_tunes_on_validation_and_judges_every_run_at_its_selected_checkpoint(results):
+    from benchmarks.accuracy import Setting
+
     root = results["root"]
     study = json.loads((root / "accuracy" / "accuracy.json").read_text())
     assert set(study["regimes"]) == {"image-noisy"}
     assert study["command"].startswith("python -m benchmarks.accuracy") and study["environment"]["torch"]
     assert study["environment"]["threads_per_run"] == 1
     r = study["regimes"]["image-noisy"]
-    tuning = r["rho_tuning"]
-    scores = {float(k): v for k, v in tuning["scores"].items()}
-    assert {0.05, 0.1} <= set(scores) and r["rho"] == tuning["chosen"] == max(scores, key=scores.get)
-    for rho, score in scores.items():
-        # Each score is the final validation accuracy of the first seed's `sam` run at that rho.
-        finished = json.loads(
-            (root / "accuracy" / "image-noisy" / f"rho{rho:g}" / "sam" / "seed1" / "all_results.json").read_text()
-        )
+    base = root / "accuracy" / "image-noisy"
+    s = r["settings"]
+    # Each tuning score is the selected checkpoint's accuracy on the (noisy) validation split of the first seed's run.
+    for key, score in r["tuning"]["adamw"]["scores"].items():
+        lr, wd = (float(part[2:]) for part in key.split("-"))
+        finished = json.loads((base / Setting(lr, wd).folder / "erm" / "seed1" / "all_results.json").read_text())
         assert finished["eval_accuracy"] == score
+    for policy in ("sam", "msam"):
+        for rho, score in r["tuning"][policy]["scores"].items():
+            folder = Setting(s["learning_rate"], s["weight_decay"], float(rho)).folder
+            assert (
+                json.loads((base / folder / policy / "seed1" / "all_results.json").read_text())["eval_accuracy"]
+                == score
+            )
     runs = {row["policy"]: row for row in r["runs"]}
-    expected = {"adamw_torch", "sam", "aesam", "aesam-b0.2", "random-p0.2"}
-    assert set(runs) == expected | {"random-matched", "scheduled-matched", "periodic-matched"}
+    assert set(runs) == {"adamw", "sam", "aesam", "msam", "late", "late-matched", "scheduled-matched"}
     assert all(row["threads"] == 1 for row in r["runs"])
-    run_dir = root / "accuracy" / "image-noisy" / f"rho{r['rho']:g}"
-    # The controls ran at AE-SAM's measured fraction, with the optimizer each names.
-    f = runs["aesam"]["sam_fraction"]
-    assert r["aesam_fraction"] == f
-    logs = {label: (run_dir / label / "seed1" / "log.txt").read_text() for label in runs}
-    assert (
-        "--optim random --seed 1" in logs["random-matched"] and f"--sam_probability {f:.2f}" in logs["random-matched"]
-    )
-    assert "--optim scheduled" in logs["scheduled-matched"] and "--aesam_budget" in logs["scheduled-matched"]
-    assert f"--sam_interval {max(1, round(1 / f))}" in logs["periodic-matched"]
-    assert "--aesam_budget 0.2" in logs["aesam-b0.2"] and "--sam_probability 0.2" in logs["random-p0.2"]
-    assert all(f"--sam_rho {r['rho']}" in log for log in logs.values())
-    assert runs["adamw_torch"]["passes_per_step"] == 1.0 and "time_ratio" not in runs["adamw_torch"]
-    # The evaluations during training scored the noisy training labels as well as the validation split.
-    assert 0 <= runs["adamw_torch"]["train_noisy_accuracy"] <= 1 and 0 <= runs["sam"]["peak_eval_accuracy"] <= 1
-    pairs = {(c["a"], c["b"]) for c in r["comparisons"]}
-    assert ("aesam", "scheduled-matched") in pairs and ("aesam-b0.2", "random-p0.2") in pairs
-    assert all(c["n"] == 1 and c["verdict"] == "no difference" for c in r["comparisons"])  # one seed: no claim
+    logs = {label: (Path(row["run_dir"]) / "log.txt").read_text() for label, row in runs.items()}
+    assert "--optim erm" in logs["adamw"] and "--sam_rho" not in logs["adamw"]
+    assert f"--sam_rho {s['sam_rho']:g}" in logs["sam"] and f"--sam_rho {s['msam_rho']:g}" in logs["msam"]
+    assert "--optim late" in logs["late"] and "--aesam_budget 0.125" in logs["late"]
+    for label in ("late-matched", "scheduled-matched"):
+        assert f"--aesam_budget {r['matched_budget']:g}" in logs[label]
+    assert r["matched_budget"] == float(f"{runs['aesam']['sam_fraction']:.2f}")
+    for label, row in runs.items():
+        # Selection happened (the config's --load_best_model_at_end), the last model was scored too, and the
+        # checkpoints were removed after the run.
+        state = json.loads((Path(row["run_dir"]) / "trainer_state.json").read_text())
+        assert state["best_global_step"] == row["selected_step"] and row["selected_step"] in (4, 8), label
+        assert 0 <= row["test_last_accuracy"] <= 1 and 0 <= row["peak_clean_eval_accuracy"] <= 1, label
+        assert not list(Path(row["run_dir"]).glob("checkpoint-*")), label
+    assert runs["adamw"]["passes_per_step"] == 1.0 and runs["msam"]["passes_per_step"] == 1.0
+    for metric in ("test_accuracy", "test_last_accuracy"):
+        pairs = {(c["a"], c["b"]) for c in r["comparisons"][metric]}
+        assert {("sam", "adamw"), ("aesam", "late-matched"), ("aesam", "scheduled-matched")} <= pairs
+        assert all(c["n"] == 1 and c["verdict"] == "no difference" for c in r["comparisons"][metric])  # one seed
+    assert r["decision"]["policy"] is None  # one seed: no policy is called "not below SAM"
 
 
 @pytest.mark.slow
 @needs_data
 def test_looksam_alpha_records_every_sam_step_with_the_study_rho(results):
+    from benchmarks.accuracy import Setting
+
     root = results["root"]
     payload = json.loads((root / "looksam_alpha" / "looksam_alpha.json").read_text())
     study = json.loads((root / "accuracy" / "accuracy.json").read_text())
     r = payload["regimes"]["image-noisy"]
-    assert r["sam_rho"] == study["regimes"]["image-noisy"]["rho"]
+    settings = study["regimes"]["image-noisy"]["settings"]
+    assert r["sam_rho"] == settings["sam_rho"]
     assert set(r["results"]) == {"looksam-a0", "looksam-a0.7", "aelooksam-a0", "aelooksam-a0.7"}
     for label, cell in r["results"].items():
         if cell["policy"] == "looksam":
@@ -192,9 +203,8 @@ def test_looksam_alpha_records_every_sam_step_with_the_study_rho(results):
         assert 0 < gv[0] <= gv[1] <= gv[2] and -1 <= cos[1] <= 1
         # g_s - g = (c - 1) g + g_v with g_v orthogonal to g, so it is never shorter than g_v.
         assert diff[0] >= gv[0] - 1e-6 and diff[2] >= gv[2] - 1e-6
-        log = (
-            root / "looksam_alpha" / "image-noisy" / f"rho{r['sam_rho']:g}" / label / "seed1" / "log.txt"
-        ).read_text()
+        folder = Setting(settings["learning_rate"], settings["weight_decay"], r["sam_rho"]).folder
+        log = (root / "looksam_alpha" / "image-noisy" / folder / label / "seed1" / "log.txt").read_text()
         assert f"--looksam_alpha {cell['alpha']}" in log and "--do_predict false" in log
         assert "--logging_steps 1" in log  # one SAM step per logged window at most: the logged ratios are per step
     assert "| looksam | 0.7 |" in r["table"]
@@ -219,21 +229,21 @@ def test_report_builds_the_benchmarks_page(results, tmp_path):
     run("report", "--results_dir", results["root"], "--docs_dir", tmp_path)
     page = (tmp_path / "benchmarks.md").read_text()
     headings = ["## Step cost", "## Memory", "## Accuracy", "### image-noisy (overfitting)", "95% interval"]
-    for heading in [*headings, "### LookSAM's reuse weight α"]:
+    for heading in [*headings, "## Recorded studies"]:
         assert heading in page, heading
     assert "| vit | SAM step / ERM step |" in page and "Machine and versions:" in page
     assert "| vit4 | stock Trainer step / stock Trainer step (noise floor) |" in page
-    assert "| sam − adamw_torch | 1 |" in page and "`--aesam_budget 0.2`: realized fraction" in page
-    for figure in ("accuracy_vs_cost.png", "rho_tuning.png", "aesam_decisions_image-noisy.png"):
+    assert "| sam − adamw | 1 |" in page and "Cheapest policy whose selected-checkpoint accuracy" in page
+    for figure in ("accuracy_vs_cost_image-noisy.png", "aesam_decisions_image-noisy.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 10_000, figure
     # The README's headline table, from the same accuracy.json.
-    table = (tmp_path / "results_table.md").read_text()
+    table = (results["root"] / "results_table.md").read_text()
     assert (
         table.startswith("<!-- Generated by `python -m benchmarks.report`")
         and "| image-noisy (overfitting) |" in table
     )
     # What `make bench` cost: each stage's own recorded wall time, and their sum.
-    files = ["step_cost.json", "memory.json", "accuracy/accuracy.json", "looksam_alpha/looksam_alpha.json"]
+    files = ["step_cost.json", "memory.json", "accuracy/accuracy.json"]
     times = [json.loads((results["root"] / f).read_text())["wall_time_s"] for f in files]
     assert "## Wall time of `make bench`" in page and f"Sum of the last invocations: {sum(times) / 60:.1f} min" in page
     assert f"| accuracy | {times[2] / 60:.1f} |" in page and "From scratch: **" in page
@@ -247,11 +257,18 @@ def test_regimes_are_the_configs_they_describe():
         config = json.loads((ROOT / "configs" / "experiments" / regime.config).read_text())
         assert config["max_steps"] > 0, name
         if regime.kind == "overfitting":
-            # Memorization must be visible: the runs score their noisy training labels during training.
+            # Memorization must be visible: the runs score their noisy training labels during training; selection
+            # is on the noisy validation labels, the true ones scored beside them.
             assert config["eval_strategy"] == "steps" and config["eval_train_samples"] > 0, name
+            assert config["clean_label_column_name"] == "clean_label", name
+        if regime.default:
+            # Every run of the study ends with the checkpoint its validation selects, and scores its last step too.
+            assert config["load_best_model_at_end"] and config["metric_for_best_model"] == "accuracy", name
+            assert config["save_steps"] == config["eval_steps"] and config["test_last_model"], name
         if regime.task == "glue":  # the text regime's noise is in its training CSV (`make data`)
             assert "fortunes-noisy" in config["train_file"] and "fortunes-noisy" in config["test_file"]
             assert f"--output_dir $(dir $(FORTUNES_NOISY_CSV)) --label_noise {regime.label_noise}" in makefile
+            assert f"--validation_label_noise {regime.label_noise} " in makefile
             continue
         # An image regime reads its seed's dataset folder; the config names seed 42's, which `make data` builds with
         # the regime's own flags.
@@ -262,7 +279,7 @@ def test_regimes_are_the_configs_they_describe():
         assert regime.data_flags(42) == ["--dataset_name", config["dataset_name"]], name
         rule = makefile[makefile.index(f"-m benchmarks.fashion_mnist --output_dir {folder} ") :].split("\n\n")[0]
         flags = rule.replace("\\\n", " ").split()
-        for key in ("train_samples", "validation_samples", "label_noise"):
+        for key in ("train_samples", "validation_samples", "label_noise", "validation_label_noise"):
             if key in data:
                 assert flags[flags.index(f"--{key}") + 1] == f"{data[key]:g}", (name, key)
             else:

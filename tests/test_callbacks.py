@@ -1,4 +1,5 @@
-"""`aesam_hf.callbacks.TrainSubsetCallback`: a training subset scored at every evaluation, under any Trainer."""
+"""`aesam_hf.callbacks`: a training subset or any other dataset scored at every evaluation, and a dataset scored with
+the model of the last step before `load_best_model_at_end` replaces it, under any Trainer."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from aesam_hf import AESAMConfig, AESAMTrainer
-from aesam_hf.callbacks import TrainSubsetCallback
+from aesam_hf.callbacks import EvalSetCallback, LastModelCallback, TrainSubsetCallback
 
 
 class Points(torch.utils.data.Dataset):
@@ -120,3 +121,113 @@ def test_a_prefix_that_would_clash_is_refused(tmp_path, prefix):
         TrainSubsetCallback(trainer, Points(4), metric_key_prefix=prefix)
     with pytest.raises(ValueError, match="dataset"):
         TrainSubsetCallback(trainer, Points(0))
+
+
+def test_an_eval_set_is_scored_with_its_own_labels_at_every_evaluation(tmp_path):
+    # lr 0: the model keeps predicting the true class. Validated on points whose first 6 of 24 labels are flipped
+    # (0.75), and on the same points with their true labels (1.0): the selection set's noise and the true score.
+    args = TrainingArguments(output_dir=str(tmp_path), **{**ARGS, "learning_rate": 0.0})
+    noisy, clean = Points(24, flip=0.25, seed=2), Points(24, seed=2)
+    assert torch.equal(noisy.x, clean.x)
+    trainer = Trainer(
+        model=SignClassifier(), args=args, train_dataset=Points(64), eval_dataset=noisy, compute_metrics=accuracy
+    )
+    trainer.add_callback(EvalSetCallback(trainer, clean, "eval_clean"))
+    trainer.train()
+    assert [e["step"] for e in entries(trainer, "eval_clean_accuracy")] == [2, 4]
+    assert all(e["eval_clean_accuracy"] == 1.0 for e in entries(trainer, "eval_clean_accuracy"))
+    assert [e["eval_accuracy"] for e in entries(trainer, "eval_accuracy")] == [0.75, 0.75]
+    metrics = trainer.evaluate()
+    assert metrics["eval_clean_accuracy"] == 1.0 and metrics["eval_accuracy"] == 0.75
+
+
+@pytest.mark.parametrize("callback", [EvalSetCallback, LastModelCallback])
+@pytest.mark.parametrize("prefix", ["", "eval"])
+def test_eval_set_and_last_model_refuse_a_clashing_prefix_or_no_data(tmp_path, callback, prefix):
+    args = TrainingArguments(output_dir=str(tmp_path), **{**ARGS, "eval_strategy": "no"})
+    trainer = Trainer(model=SignClassifier(), args=args)
+    with pytest.raises(ValueError, match="metric_key_prefix"):
+        callback(trainer, Points(4), metric_key_prefix=prefix)
+    with pytest.raises(ValueError, match="dataset"):
+        callback(trainer, Points(0), metric_key_prefix="other")
+
+
+# ---- LastModelCallback: the model training ended with, beside the selected checkpoint ----
+
+# Trained on points whose labels are all inverted, the model (which starts right) unlearns the sign little by little:
+# at lr 0.3 its accuracy on true labels falls between the evaluations at steps 2 and 4, and on inverted labels rises.
+TRUE_LABELS, INVERTED_LABELS = Points(24, seed=2), Points(24, flip=1.0, seed=2)
+TEST = Points(40, seed=3)
+SELECTION = {
+    **ARGS,
+    "learning_rate": 0.3,
+    "save_strategy": "steps",
+    "save_steps": 2,
+    "metric_for_best_model": "accuracy",
+}
+TRAINERS = {"stock": (Trainer, TrainingArguments, {}), "sam": (AESAMTrainer, AESAMConfig, {"optim": "sam"})}
+
+
+def selection_run(output_dir, kind: str, eval_dataset, load_best: bool, *callbacks) -> Trainer:
+    """4 steps on the inverted points, evaluated and saved every 2; each of `callbacks` is built as `cb(trainer)`."""
+    trainer_cls, args_cls, extra = TRAINERS[kind]
+    args = args_cls(output_dir=str(output_dir), **SELECTION, **extra, load_best_model_at_end=load_best)
+    trainer = trainer_cls(
+        model=SignClassifier(),
+        args=args,
+        train_dataset=Points(64, flip=1.0),
+        eval_dataset=eval_dataset,
+        compute_metrics=accuracy,
+    )
+    for build in callbacks:
+        trainer.add_callback(build(trainer))
+    trainer.train()
+    return trainer
+
+
+def last_model(trainer) -> LastModelCallback:
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LastModelCallback))
+
+
+@pytest.mark.parametrize("kind", list(TRAINERS))
+def test_last_model_is_scored_before_the_best_checkpoint_replaces_it(tmp_path, kind):
+    trainer = selection_run(tmp_path / "best", kind, TRUE_LABELS, True, lambda t: LastModelCallback(t, TEST))
+    # The same run without best-model loading ends with the last model: the one the callback is to score.
+    reference = selection_run(tmp_path / "last", kind, TRUE_LABELS, False)
+    assert trainer.state.best_global_step == 2  # accuracy on the true labels fell after step 2
+    metrics = last_model(trainer).metrics
+    expected = reference.evaluate(TEST, metric_key_prefix="test_last")
+    assert metrics["test_last_accuracy"] == expected["test_last_accuracy"]
+    assert metrics["test_last_loss"] == expected["test_last_loss"]
+    # After training, the Trainer holds the selected (step 2) model, which scores the test points otherwise.
+    assert trainer.evaluate(TEST)["eval_accuracy"] != metrics["test_last_accuracy"]
+    # Scored once, at the last step; that step's own logging, evaluation and checkpoint all still happened, on the
+    # weights the reference run had there.
+    assert [e["step"] for e in entries(trainer, "test_last_accuracy")] == [4]
+    assert [e["step"] for e in entries(trainer, "loss")] == [1, 2, 3, 4]
+    evals, reference_evals = entries(trainer, "eval_accuracy")[:2], entries(reference, "eval_accuracy")
+    assert [e["step"] for e in evals] == [2, 4]
+    assert [e["eval_loss"] for e in evals] == [e["eval_loss"] for e in reference_evals]
+    assert (tmp_path / "best" / "checkpoint-4").is_dir()
+
+
+@pytest.mark.parametrize("kind", list(TRAINERS))
+def test_last_model_scoring_keeps_the_last_step_a_candidate_for_selection(tmp_path, kind):
+    # Selected on the inverted labels, whose accuracy rises: the last checkpoint is the best, if it is evaluated.
+    trainer = selection_run(tmp_path, kind, INVERTED_LABELS, True, lambda t: LastModelCallback(t, TEST))
+    (last_eval,) = [e for e in entries(trainer, "eval_accuracy") if e["step"] == 4]
+    assert trainer.state.best_global_step == 4 and trainer.state.best_metric == last_eval["eval_accuracy"]
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-4")
+    # The selected model is the last one here: the two scores agree.
+    assert last_model(trainer).metrics["test_last_accuracy"] == trainer.evaluate(TEST)["eval_accuracy"]
+
+
+def test_last_model_metrics_hold_only_its_own_keys(tmp_path):
+    # Its inner `evaluate` raises `on_evaluate` too: the TrainSubsetCallback adds its keys to that evaluation's dict.
+    subset = Points(16, flip=0.25, seed=1)
+    callbacks = (lambda t: TrainSubsetCallback(t, subset), lambda t: LastModelCallback(t, TEST))
+    trainer = selection_run(tmp_path, "stock", TRUE_LABELS, True, *callbacks)
+    stats = ("loss", "accuracy", "runtime", "samples_per_second", "steps_per_second")
+    assert set(last_model(trainer).metrics) == {f"test_last_{k}" for k in stats}
+    # The subset is still scored once per evaluation step.
+    assert [e["step"] for e in entries(trainer, "train_subset_accuracy")] == [2, 4]

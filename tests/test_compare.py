@@ -1,6 +1,7 @@
 """The comparison runner (`python -m benchmarks.compare`, the `make demo` job) and its cache of finished runs."""
 
 import json
+import math
 import pathlib
 import re
 import subprocess
@@ -18,7 +19,8 @@ from benchmarks.results import decision_trace
 def test_compare_writes_table_and_figure(tmp_path):
     own = ["--policies", "adamw_torch", "aesam", "--seeds", "1", "2", "--output_dir", str(tmp_path)]
     samples = ["--max_train_samples", "128", "--max_eval_samples", "32", "--max_predict_samples", "64"]
-    during = ["--eval_steps", "3", "--eval_train_samples", "32"]  # the config evaluates during training
+    # The config evaluates during training and keeps the checkpoint its validation selects (saves at each evaluation).
+    during = ["--eval_steps", "3", "--save_steps", "3", "--eval_train_samples", "32"]
     example = ["--max_steps", "6", *samples, *during, "--per_device_train_batch_size", "16", *QUIET]
     cmd = [sys.executable, "-m", "benchmarks.compare", *own, "--", *example]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -26,9 +28,11 @@ def test_compare_writes_table_and_figure(tmp_path):
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (adamw_torch|aesam) \|.*$", out.stdout, flags=re.M)}
     assert set(rows) == {"adamw_torch", "aesam"}
     assert "| 0.00 | 6 | 1.00 |" in rows["adamw_torch"]  # no SAM step, one pass per step
-    assert "| peak validation (%) | fit of noisy train labels (%) |" in out.stdout
+    head = "| selected checkpoint: test_accuracy (%) | last step: test_accuracy (%) | selected step | fit of training"
+    assert head in out.stdout
     runs = (tmp_path / "results.csv").read_text().splitlines()
-    assert len(runs) == 1 + 4 and runs[0].startswith("policy,optim,seed,test_accuracy,eval_accuracy")
+    assert len(runs) == 1 + 4 and runs[0].startswith("policy,optim,seed,run_dir,test_accuracy,eval_accuracy")
+    assert not list(tmp_path.glob("*/seed*/checkpoint-*"))  # the selection's checkpoints do not outlive the run
     results_md = (tmp_path / "results.md").read_text()
     assert results_md.count("| aesam |") == 1
     # No `sam` run, so no paragraph: it reads SAM's gain against the baseline.
@@ -72,7 +76,7 @@ def test_compare_reuses_a_finished_run_only_if_command_config_and_code_are_uncha
     assert len(launches) == 2  # other flags: run again
     fingerprint = runner.code_fingerprint()
     assert set(fingerprint) == {"code_sha256", *runner.RUN_PACKAGES}
-    monkeypatch.setattr(runner, "code_fingerprint", lambda: {**fingerprint, "code_sha256": "changed"})
+    monkeypatch.setattr(runner, "code_fingerprint", lambda task=None: {**fingerprint, "code_sha256": "changed"})
     image.run("adamw_torch", 1, ["--max_steps", "5"])
     assert len(launches) == 3  # the library or an example script changed: run again
 
@@ -89,13 +93,45 @@ def test_a_run_that_logs_nothing_of_aesam_hf_counts_one_pass_per_step_and_no_sam
     monkeypatch.setattr(runner.subprocess, "run", fake_run)
     row = runner.Runner("image", str(tmp_path)).run("adamw_torch", 1, [])
     assert (row["passes"], row["passes_per_step"], row["sam_fraction"]) == (8, 1.0, 0.0)
+    # Nothing selected, no last-step score: both are missing, not copied from the final score.
+    assert math.isnan(row["selected_step"]) and math.isnan(row["test_last_accuracy"])
 
 
-def test_code_fingerprint_covers_the_library_the_examples_and_the_data_builders():
-    covered = {p.relative_to(ROOT).as_posix() for pattern in runner.RUN_CODE for p in ROOT.glob(pattern)}
-    expected = {"examples/run_glue.py", "examples/run_image_classification.py", "aesam_hf/trainer.py"}
-    assert expected | {"benchmarks/fortunes.py", "benchmarks/data.py", "benchmarks/fashion_mnist.py"} <= covered
-    assert not any(path.startswith("benchmarks/runner") for path in covered)  # the launcher is not what trains
+def test_the_fit_of_the_training_labels_is_the_last_step_s_not_the_selected_checkpoint_s(tmp_path, monkeypatch):
+    """After `load_best_model_at_end`, the evaluation after training scores the training subset again, with the
+    selected checkpoint, at the same step number: the row keeps the one made during training."""
+    history = [
+        {"step": 4, "train_subset_accuracy": 0.6},
+        {"step": 8, "train_subset_accuracy": 0.9},  # the last step, during training
+        {"step": 8, "train_subset_accuracy": 0.6},  # the selected (step 4) model, after training
+    ]
+
+    def fake_run(cmd, **kwargs):
+        run_dir = pathlib.Path(cmd[cmd.index("--output_dir") + 1])
+        results = {"test_accuracy": 0.5, "test_last_accuracy": 0.4, "train_runtime": 1.0}
+        (run_dir / "all_results.json").write_text(json.dumps(results))
+        state = {"global_step": 8, "best_global_step": 4, "log_history": history}
+        (run_dir / "trainer_state.json").write_text(json.dumps(state))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    row = runner.Runner("image", str(tmp_path)).run("sam", 1, [])
+    assert (row["train_noisy_accuracy"], row["selected_step"], row["test_last_accuracy"]) == (0.9, 4, 0.4)
+
+
+def test_code_fingerprint_covers_the_library_and_each_tasks_script_and_data_builder():
+    def covered(task):
+        return {p.relative_to(ROOT).as_posix() for p in runner.fingerprinted_files(task)}
+
+    library = {"aesam_hf/trainer.py", "aesam_hf/callbacks.py", "benchmarks/data.py"}
+    image = {"examples/run_image_classification.py", "benchmarks/fashion_mnist.py"}
+    text = {"examples/run_glue.py", "benchmarks/fortunes.py"}
+    assert library | image <= covered("image") and not text & covered("image")
+    assert library | text <= covered("glue") and not image & covered("glue")
+    assert library | image | text <= covered(None)
+    assert not any(path.startswith("benchmarks/runner") for path in covered(None))  # the launcher is not what trains
+    # A change to the text task's code leaves the image runs' fingerprint as it was.
+    assert runner.code_fingerprint("image") != runner.code_fingerprint("glue") != runner.code_fingerprint()
 
 
 def test_runner_arguments_name_what_is_wrong(tmp_path):

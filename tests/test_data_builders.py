@@ -2,6 +2,8 @@
 Fashion-MNIST's IDX files as arrays."""
 
 import gzip
+import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -43,6 +45,34 @@ def test_fortunes_label_noise_touches_the_training_split_only(fortunes_csv, tmp_
     assert (clean_train["label"] != noisy_train["label"]).sum() == round(0.2 * len(clean_train))
     for split in ("validation", "test"):
         assert noisy[split].read_text() == fortunes_csv[split].read_text()
+
+
+def test_fortunes_validation_label_noise_has_its_own_stream_and_keeps_the_true_topics(fortunes_csv, tmp_path):
+    import pandas as pd
+
+    flags = ["--output_dir", str(tmp_path), "--label_noise", "0.2", "--validation_label_noise", "0.3"]
+    noisy = {split: pd.read_csv(path) for split, path in fortunes.main(flags).items()}
+    clean = {split: pd.read_csv(path) for split, path in fortunes_csv.items()}
+    for split, df in noisy.items():
+        assert list(df.columns) == ["sentence", "label", "clean_label"], split
+        # The same quotations in the same order; the true topic is kept whatever the label says.
+        assert df["sentence"].tolist() == clean[split]["sentence"].tolist(), split
+        assert df["clean_label"].tolist() == clean[split]["label"].tolist(), split
+        assert (clean[split]["label"] == clean[split]["clean_label"]).all(), split  # no noise asked: all true
+    topics = fortunes.DEFAULT_TOPICS
+    assert (noisy["test"]["label"] == noisy["test"]["clean_label"]).all()
+    # The training flips are those the earlier code drew: the noise on the topic ids, from the seed itself.
+    train = noisy["train"]
+    ids = [topics.index(t) for t in train["clean_label"]]
+    assert train["label"].tolist() == [topics[i] for i in data.symmetric_label_noise(ids, len(topics), 0.2, 42)]
+    # Exactly 30% of the validation labels flipped, on a stream of their own (not the flips the seed draws).
+    validation = noisy["validation"]
+    assert (validation["label"] != validation["clean_label"]).sum() == round(0.3 * len(validation))
+    ids = [topics.index(t) for t in validation["clean_label"]]
+    same_stream = [topics[i] for i in data.symmetric_label_noise(ids, len(topics), 0.3, 42)]
+    assert validation["label"].tolist() != same_stream
+    with pytest.raises(ValueError, match="validation_label_noise"):
+        fortunes.FortunesArguments(validation_label_noise=1.0)
 
 
 def test_fortune_files_parse_overstrike(tmp_path):
@@ -97,6 +127,61 @@ def test_fashion_mnist_folders_are_built_once_per_spec(noisy_subset, capsys):
         fashion_mnist.FashionMNISTArguments(label_noise=1.0)
     with pytest.raises(ValueError, match="train_samples"):
         fashion_mnist.FashionMNISTArguments(train_samples=0)
+
+
+@pytest.fixture(scope="module")
+def noisy_validation(tmp_path_factory):
+    """Seed 42 with 40% noisy training and 30% noisy validation labels, small."""
+    out = tmp_path_factory.mktemp("fashion-mnist-noisy-validation")
+    flags = ["--output_dir", out, "--seeds", "42", "--label_noise", "0.4", "--validation_label_noise", "0.3"]
+    sizes = ["--train_samples", "200", "--validation_samples", "100", "--test_samples", "50"]
+    return fashion_mnist.main([*map(str, flags), *sizes])[42]
+
+
+@require_fashion_mnist
+def test_fashion_mnist_validation_label_noise_flips_validation_labels_only(noisy_validation):
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    dataset = load_dataset(str(noisy_validation))
+    train, validation, test = dataset["train"], dataset["validation"], dataset["test"]
+    # The same draw of images as without validation noise (the first of those `noisy_subset` pins).
+    assert train["index"][:6] == [50585, 7520, 53068, 7353, 57487, 50743]
+    assert validation["index"][:6] == [47537, 12487, 41538, 22406, 10503, 21932]
+    _, labels = data.fashion_mnist_arrays("train")
+    _, test_labels = data.fashion_mnist_arrays("test")
+    # Validation: exactly 30 of 100 labels flipped, the true ones kept as `clean_label`, a ClassLabel like `label`.
+    assert validation.column_names == ["image", "label", "index", "clean_label"]
+    assert validation["clean_label"] == labels[validation["index"]].tolist()
+    assert sum(a != b for a, b in zip(validation["label"], validation["clean_label"], strict=True)) == 30
+    assert validation.features["clean_label"] == validation.features["label"] == train.features["label"]
+    # Drawn apart from the training flips: not what the training stream (the seed itself) would flip.
+    assert validation["label"] != data.symmetric_label_noise(validation["clean_label"], 10, 0.3, 42).tolist()
+    # Training: flipped as without validation noise; test: untouched.
+    assert train["clean_label"] == labels[train["index"]].tolist()
+    assert train["label"] == data.symmetric_label_noise(train["clean_label"], 10, 0.4, 42).tolist()
+    assert test["label"] == test_labels[test["index"]].tolist()
+    # (`load_dataset` gives every split the columns of the first, so the test split's file is read for its own.)
+    assert pq.read_schema(noisy_validation / "test.parquet").names == ["image", "label", "index"]
+    assert json.loads((noisy_validation / "spec.json").read_text())["validation_label_noise"] == 0.3
+
+
+@require_fashion_mnist
+def test_fashion_mnist_spec_without_validation_noise_is_the_earlier_one(noisy_subset):
+    """Folders built before `validation_label_noise` existed stay valid: the spec omits it at 0."""
+    args = fashion_mnist.FashionMNISTArguments(label_noise=0.4, train_samples=2000, validation_samples=2000)
+    earlier = {k: v for k, v in asdict(args).items() if k not in ("output_dir", "seeds", "validation_label_noise")}
+    assert args.spec() == earlier
+    assert json.loads((noisy_subset / "spec.json").read_text()) == earlier
+    assert fashion_mnist.is_built(noisy_subset, args.spec())
+    noisy = fashion_mnist.FashionMNISTArguments(label_noise=0.4, validation_label_noise=0.2)
+    assert noisy.spec() == {
+        **fashion_mnist.FashionMNISTArguments(label_noise=0.4).spec(),
+        "validation_label_noise": 0.2,
+    }
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="validation_label_noise"):
+            fashion_mnist.FashionMNISTArguments(validation_label_noise=bad)
 
 
 def test_idx_errors_name_the_file(tmp_path):

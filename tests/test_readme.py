@@ -35,24 +35,44 @@ def test_readme_plain_pytorch_example_runs(capsys):
 
 
 def test_readme_results_agree_with_the_benchmarks_page():
-    """Every row of the README's results block is in the generated `docs/benchmarks.md`: each policy's test accuracy
-    and passes per step in its regime's table, each paired difference in its comparison table."""
+    """Every number of the README's results block is in the generated `docs/benchmarks.md`: each policy's
+    selected-checkpoint accuracy and passes per step in its regime's table, each paired difference in its comparison
+    table, each regime's cheapest policy in its decision line."""
     block = README.split("<!-- results:start -->")[1].split("<!-- results:end -->")[0]
     page = (ROOT / "docs" / "benchmarks.md").read_text()
-    rows = [line for line in block.splitlines() if line.startswith("| ") and "(" in line.split("|")[1]]
-    assert len(rows) == 3
-    for row in rows:
+    tables = [t for t in block.split("\n\n") if t.startswith("| regime |")]
+    assert len(tables) == 2, "a decision table and an accuracy table"
+    decisions, accuracies = ([line for line in t.splitlines()[2:]] for t in tables)
+    assert decisions and len(decisions) == len(accuracies)
+    pairs = [("sam", "adamw"), None, ("aesam", "sam"), ("aesam", "late-matched"), ("aesam", "scheduled-matched")]
+    for row in decisions:
         cells = [c.strip() for c in row.strip("|").split("|")]
         regime = cells[0].split(" (")[0]
         section = page.split(f"### {regime} (")[1].split("\n### ")[0]
-        for policy, cell in zip(("adamw_torch", "sam", "aesam"), cells[1:4]):
+        line = next(x for x in section.splitlines() if x.startswith("- Cheapest policy"))
+        # The policy the README names is the one the page puts in bold, with the same flags.
+        named = re.match(r"(.+?) \(`([^`]+)`", cells[2])
+        if named is None:  # undetermined, or SAM itself
+            assert cells[2].split(" (")[0].split(":")[0] in line, (regime, cells[2], line)
+        else:
+            assert f"**{named.group(1)}** (`{named.group(2)}`" in line, (regime, cells[2], line)
+        for pair, cell in zip(pairs, cells[1:], strict=True):
+            if pair is None or cell == "–":
+                continue
+            comparison = next(x for x in section.splitlines() if x.startswith(f"| {pair[0]} − {pair[1]} |"))
+            assert f"| {cell} |" in comparison, (regime, pair, comparison)
+    header = [c.strip() for c in tables[1].splitlines()[0].strip("|").split("|")][1:]
+    for row in accuracies:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        section = page.split(f"### {cells[0]} (")[1].split("\n### ")[0]
+        for name, cell in zip(header, cells[1:], strict=True):
+            if cell == "–":
+                continue
             accuracy, passes = re.match(r"([\d.]+ ± [\d.]+) \[([\d.]+)\]", cell).groups()
-            line = next(x for x in section.splitlines() if x.startswith(f"| {policy} |"))
-            assert accuracy in line and f"| {passes}" in line, (regime, policy)
-        for (a, b), cell in zip((("sam", "adamw_torch"), ("aesam", "adamw_torch"), ("aesam", "sam")), cells[4:]):
-            mean, interval = re.match(r"\**([+-][\d.]+)\** (\[.*\])", cell).groups()
-            line = next(x for x in section.splitlines() if x.startswith(f"| {a} − {b} |"))
-            assert f"| {mean} | {interval} |" in line, (regime, a, b, line)
+            label = name.split(" [")[0]
+            line = next(x for x in section.splitlines() if x.startswith(f"| {label} (`"))
+            cost = line.strip().strip("|").split("|")[-1].strip()  # passes per step, mean (± std where it varies)
+            assert line.split("|")[2].strip() == accuracy and cost.split(" ±")[0] == passes, (cells[0], label, line)
 
 
 def test_paths_named_in_the_docs_exist():

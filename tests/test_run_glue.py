@@ -122,6 +122,86 @@ def test_run_glue_resumes_from_the_last_checkpoint(fortunes_csv, tiny_bert_dir, 
     assert metrics["sam/passes"] == 6 + round(6 * metrics["sam/fraction_total"])
 
 
+@require_fortunes
+def test_run_glue_test_last_model_scores_the_model_training_ended_with(fortunes_csv, tiny_bert_dir, tmp_path):
+    """With `--load_best_model_at_end`, `test_last_*` is the test score of the last model: the one the same run
+    without best-model loading predicts with."""
+    during = ["--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2", "--max_steps", "4"]
+    # The fortunes CSVs keep the true topic as `clean_label`: here the same as `label` (no noise).
+    run = ["--optim", "sam", "--learning_rate", "3e-2", *during, "--clean_label_column_name", "clean_label"]
+    best = ["--load_best_model_at_end", "--metric_for_best_model", "accuracy", "--test_last_model"]
+    run_glue.main(glue_args(tiny_bert_dir, fortunes_csv, tmp_path / "best", *run, *best))
+    run_glue.main(glue_args(tiny_bert_dir, fortunes_csv, tmp_path / "last", *run))
+    selected, last = (json.loads((tmp_path / d / "all_results.json").read_text()) for d in ("best", "last"))
+    assert selected["test_last_accuracy"] == last["test_accuracy"]
+    assert selected["test_last_loss"] == last["test_loss"]
+    assert "test_last_accuracy" not in last
+    state = json.loads((tmp_path / "best" / "trainer_state.json").read_text())
+    # The selected checkpoint is not the last one, and it is what the run's own `test_*` scores.
+    assert state["best_global_step"] == 2 and selected["test_loss"] != selected["test_last_loss"]
+    history = state["log_history"]
+    assert [e["step"] for e in history if "test_last_accuracy" in e] == [4]
+    # Every evaluation, the last step's included, also scored the true labels.
+    evals = [e for e in history if "eval_accuracy" in e]
+    cleans = [e for e in history if "eval_clean_accuracy" in e]
+    assert [e["step"] for e in evals] == [e["step"] for e in cleans] == [2, 4]
+    assert all(c["eval_clean_accuracy"] == e["eval_accuracy"] for e, c in zip(evals, cleans, strict=True))
+
+
+def test_run_glue_scores_the_true_validation_labels_at_every_evaluation(tiny_bert_dir, tmp_path):
+    header = [("sentence", "label", "clean_label")]
+    rows = [(f"good {i}", "pos", "pos") for i in range(8)] + [(f"bad {i}", "neg", "neg") for i in range(8)]
+    train = write_csv(tmp_path / "train.csv", header + rows)
+    # Every validation label is the wrong one, and 15 examples (an accuracy is never 1/2): scored on the true labels,
+    # the accuracy is the complement of the one on the given labels.
+    wrong = [(f"good {i}", "neg", "pos") for i in range(10)] + [(f"bad {i}", "pos", "neg") for i in range(5)]
+    validation = write_csv(tmp_path / "validation.csv", header + wrong)
+    during = [
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "8",
+    ]
+    run = ["--do_train", "--do_eval", *during, "--max_seq_length", "16", "--clean_label_column_name", "clean_label"]
+    metrics = run_glue.main(file_args(tiny_bert_dir, train, validation, None, tmp_path / "out", *run))
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    evals = [e for e in history if "eval_accuracy" in e]
+    cleans = [e for e in history if "eval_clean_accuracy" in e]
+    assert [e["step"] for e in evals] == [e["step"] for e in cleans] == [2, 4]
+    for e, c in zip(evals, cleans, strict=True):
+        assert c["eval_clean_accuracy"] == pytest.approx(1 - e["eval_accuracy"], abs=1e-9)
+    assert metrics["eval_clean_accuracy"] == pytest.approx(1 - metrics["eval_accuracy"], abs=1e-9)
+    assert "eval_clean_accuracy" in json.loads((tmp_path / "out" / "all_results.json").read_text())
+
+
+def test_run_glue_new_flags_name_themselves_in_their_errors(tiny_bert_dir, tmp_path):
+    rows = [("sentence", "label")] + [(f"good {i}", "pos") for i in range(4)] + [(f"bad {i}", "neg") for i in range(4)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    # (Backquoted: the script's own message, not the argument parser's about an unknown flag.)
+    with pytest.raises(ValueError, match=r"`clean_label_column_name` \('x'\)"):
+        run_glue.main(
+            file_args(tiny_bert_dir, train, train, None, tmp_path / "a", "--do_eval", "--clean_label_column_name", "x")
+        )
+    unlabelled = write_csv(tmp_path / "test.csv", [("sentence", "label"), ("x", -1), ("y", -1)])
+    run = ["--do_train", "--do_predict", "--max_steps", "1", "--test_last_model"]
+    with pytest.raises(ValueError, match=r"`test_last_model` \(True\)"):
+        run_glue.main(file_args(tiny_bert_dir, train, train, unlabelled, tmp_path / "b", *run))
+
+
+def test_sentence_keys_never_read_a_label_column_as_text():
+    # The fortunes CSVs: the true topic beside the (noisy) label is no second sentence.
+    assert run_glue.sentence_keys(None, ["sentence", "label", "clean_label"]) == ("sentence", None)
+    assert run_glue.sentence_keys(None, ["noisy_label", "text", "label"]) == ("text", None)
+    assert run_glue.sentence_keys(None, ["question", "clean_label", "answer", "label"]) == ("question", "answer")
+    assert run_glue.sentence_keys(None, ["sentence", "label"]) == ("sentence", None)
+    with pytest.raises(ValueError, match="train_file"):
+        run_glue.sentence_keys(None, ["label", "clean_label"])
+
+
 class RecordingHub:
     """Stands in for `huggingface_hub.HfApi` (the Hub is unreachable here): records what would be uploaded."""
 

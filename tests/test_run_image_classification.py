@@ -93,6 +93,67 @@ def test_run_image_classification_hub_dataset_with_int_labels(tmp_path, monkeypa
     assert model.config.id2label == {0: "3", 1: "7"} and model.config.num_channels == 3
 
 
+def fake_hub_splits(monkeypatch) -> list[str]:
+    """Flags for a short run on in-memory train/validation/test splits of dark and light 12x12 images, their labels
+    ClassLabels (as in the folders of `benchmarks.fashion_mnist`). Every validation label is the wrong one, the true
+    one kept as `clean_label`; 15 validation images, so that an accuracy is never 1/2."""
+    from datasets import ClassLabel, Dataset, DatasetDict
+
+    classes = ClassLabel(names=["dark", "light"])
+
+    def load(*args, **kwargs) -> DatasetDict:
+        # Built anew (from the same seed) for each run: the script sets transforms on the splits it loads.
+        rng = np.random.default_rng(0)
+
+        def split(true: list[int], given: list[int]) -> Dataset:
+            images = [np.clip(40 + 160 * y + rng.normal(0, 20, (12, 12, 3)), 0, 255).astype(np.uint8) for y in true]
+            columns = {"image": images, "label": given, "clean_label": true}
+            return Dataset.from_dict(columns).cast_column("label", classes).cast_column("clean_label", classes)
+
+        true = [0] * 10 + [1] * 5
+        wrong = [1 - y for y in true]
+        return DatasetDict(
+            train=split([0, 1] * 12, [0, 1] * 12), validation=split(true, wrong), test=split(true, true)
+        )
+
+    monkeypatch.setattr(run_image_classification, "load_dataset", load)
+    run = ["--dataset_name", "someone/shades", "--config_overrides", "patch_size=4", "--optim", "sam"]
+    during = ["--eval_strategy", "steps", "--eval_steps", "1", "--save_steps", "1", "--max_steps", "2"]
+    batches = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16"]
+    return [*run, *during, *batches, "--learning_rate", "3e-3", "--do_predict"]
+
+
+def test_run_image_classification_scores_the_true_validation_labels_and_the_last_model(tmp_path, monkeypatch):
+    run = [*fake_hub_splits(monkeypatch), "--clean_label_column_name", "clean_label"]
+    best = ["--load_best_model_at_end", "--metric_for_best_model", "accuracy", "--test_last_model"]
+    selected = run_image_classification.main(image_args(tmp_path / "best", *run, *best))
+    # The same run without best-model loading: it predicts with the model training ended with.
+    last = run_image_classification.main(image_args(tmp_path / "last", *run))
+    assert selected["test_last_accuracy"] == last["test_accuracy"]
+    assert selected["test_last_loss"] == last["test_loss"]
+    assert "test_last_accuracy" in json.loads((tmp_path / "best" / "all_results.json").read_text())
+    assert "test_last_accuracy" not in last
+    state = json.loads((tmp_path / "best" / "trainer_state.json").read_text())
+    # The selected checkpoint is not the last one, and it is what the run's own `test_*` scores.
+    assert state["best_global_step"] == 1 and selected["test_loss"] != selected["test_last_loss"]
+    history = state["log_history"]
+    assert [e["step"] for e in history if "test_last_accuracy" in e] == [2]
+    # Every evaluation, the last step's included, also scored the true labels: the complement of the given ones.
+    evals = [e for e in history if "eval_accuracy" in e]
+    cleans = [e for e in history if "eval_clean_accuracy" in e]
+    assert [e["step"] for e in evals] == [e["step"] for e in cleans] == [1, 2]
+    for e, c in zip(evals, cleans, strict=True):
+        assert c["eval_clean_accuracy"] == pytest.approx(1 - e["eval_accuracy"], abs=1e-9)
+    assert selected["eval_clean_accuracy"] == pytest.approx(1 - selected["eval_accuracy"], abs=1e-9)
+
+
+def test_run_image_classification_clean_label_column_must_exist(tmp_path, monkeypatch):
+    run = [*fake_hub_splits(monkeypatch), "--clean_label_column_name", "true_label"]
+    # (Backquoted: the script's own message, not the argument parser's about an unknown flag.)
+    with pytest.raises(ValueError, match=r"`clean_label_column_name` \('true_label'\)"):
+        run_image_classification.main(image_args(tmp_path, *run))
+
+
 def test_image_transform_resizes_and_adapts_channels():
     transform = run_image_classification.make_transform(
         "image", "label", size=(16, 16), mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], random_flip=False
