@@ -22,6 +22,10 @@ so it must carry the labels it is to be scored on and no training-time augmentat
 """
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 def _check(dataset, metric_key_prefix: str) -> None:
@@ -40,8 +44,9 @@ class EvalSetCallback(TrainerCallback):
 
     Its metrics are logged (a log entry of their own, at the same step as the evaluation) and also added to the
     metrics that `trainer.evaluate()` returns, so `all_results.json` holds them too. The dataset is scored once per
-    optimizer step: a second evaluation at the same step (an evaluation dict of several datasets, or the final
-    `evaluate()` after training) reuses the scores, since the weights have not changed.
+    optimizer step during training: a second evaluation at the same step (an evaluation dict of several datasets)
+    reuses the scores, since the weights have not changed. After training they may have (`load_best_model_at_end`
+    loads another checkpoint), so an evaluation after `train()` scores the dataset again.
 
     Args:
         trainer (`transformers.Trainer`):
@@ -76,6 +81,10 @@ class EvalSetCallback(TrainerCallback):
             self._scored_step = state.global_step
         if metrics is not None:
             metrics.update(self._metrics)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # Raised after the best checkpoint was loaded: the step number stays, the weights may not.
+        self._scored_step = None
 
 
 class TrainSubsetCallback(EvalSetCallback):
@@ -124,3 +133,10 @@ class LastModelCallback(TrainerCallback):
                 setattr(control, name, value)
             # Other callbacks following evaluations add their own keys to the returned dict: only this set's stay.
             self.metrics = {k: v for k, v in metrics.items() if k.startswith(f"{self.metric_key_prefix}_")}
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if not self.metrics:  # stopped before `max_steps` (early stopping), or resumed past it
+            logger.warning(
+                f"LastModelCallback scored nothing: training ended at step {state.global_step}, before or without "
+                f"reaching max_steps ({state.max_steps}), so there is no `{self.metric_key_prefix}_*` score."
+            )

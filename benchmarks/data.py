@@ -18,6 +18,11 @@ FASHION_MNIST_FILES = {
 _INSTALL_HINT = "install Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`)"
 
 
+# Added to a builder's seed for the validation labels' noise, so that its flips are drawn apart from the training
+# labels' (`benchmarks.fashion_mnist`, `benchmarks.fortunes`).
+VALIDATION_NOISE_STREAM = 10_007
+
+
 def check_label_noise(fraction: float, name: str = "label_noise") -> None:
     """`fraction` of labels flipped (the argument `name`): at 1 no label would be right."""
     if not 0.0 <= fraction < 1.0:

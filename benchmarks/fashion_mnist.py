@@ -25,7 +25,13 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, disable_progress_bars
 from transformers import HfArgumentParser
 
-from benchmarks.data import FASHION_MNIST_DIR, check_label_noise, fashion_mnist_arrays, symmetric_label_noise
+from benchmarks.data import (
+    FASHION_MNIST_DIR,
+    VALIDATION_NOISE_STREAM,
+    check_label_noise,
+    fashion_mnist_arrays,
+    symmetric_label_noise,
+)
 from benchmarks.io import write_json
 
 
@@ -120,13 +126,9 @@ def build(args: FashionMNISTArguments, seed: int, source: DatasetDict | None = N
     if args.validation_label_noise:
         # Its own stream: the validation flips do not repeat the training ones' pattern.
         dataset["validation"] = _with_noise(
-            dataset["validation"], args.validation_label_noise, seed + VALIDATION_STREAM
+            dataset["validation"], args.validation_label_noise, seed + VALIDATION_NOISE_STREAM
         )
     return dataset
-
-
-# Added to the seed of the validation labels' noise, so that it is drawn apart from the training labels'.
-VALIDATION_STREAM = 10_007
 
 
 def _with_noise(split: Dataset, fraction: float, seed: int) -> Dataset:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from transformers import HfArgumentParser
 
-from benchmarks.data import check_label_noise, symmetric_label_noise
+from benchmarks.data import VALIDATION_NOISE_STREAM, check_label_noise, symmetric_label_noise
 from benchmarks.io import write_json
 
 
@@ -115,7 +115,10 @@ def build_splits(args: FortunesArguments) -> dict[str, list[tuple[str, str, str]
         splits[split] = [splits[split][i] for i in rng.permutation(len(splits[split]))]
     # Each row gets its label (noisy where asked) and keeps the true one last. The validation noise has its own
     # stream: its flips do not repeat the training ones' pattern.
-    noise = {"train": (args.label_noise, args.seed), "validation": (args.validation_label_noise, args.seed + 10_007)}
+    noise = {
+        "train": (args.label_noise, args.seed),
+        "validation": (args.validation_label_noise, args.seed + VALIDATION_NOISE_STREAM),
+    }
     for split in SPLITS:
         fraction, seed = noise.get(split, (0.0, args.seed))
         sentences, topics = zip(*splits[split], strict=True)

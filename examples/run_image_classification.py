@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from datasets import ClassLabel, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from huggingface_hub import constants as hub_constants
 from transformers import (
     AutoConfig,
@@ -225,6 +225,45 @@ def load_accuracy_metric(cache_dir: str | None = None) -> Callable[[np.ndarray, 
     return lambda predictions, references: {
         k: float(v) for k, v in metric.compute(predictions=predictions, references=references).items()
     }
+
+
+def true_labels(validation: Dataset, clean_column: str, label_column: str) -> Dataset:
+    """The validation split with `clean_column`'s true labels as its labels, numbered as `label_column`'s classes.
+
+    A column with empty values is refused: `load_dataset` gives every split the columns of any of them, so a folder
+    whose training split alone holds true labels has the column in validation too, empty, and would score nothing.
+    """
+    if clean_column not in validation.column_names:
+        raise ValueError(
+            f"`clean_label_column_name` ({clean_column!r}) is not a column of the validation split (columns: "
+            f"{validation.column_names})."
+        )
+    values = validation[clean_column]
+    missing = sum(value is None for value in values)
+    if missing:
+        raise ValueError(
+            f"`clean_label_column_name` ({clean_column!r}) has no value for {missing} of the {len(values)} validation "
+            "examples: this validation split carries no true labels to score."
+        )
+    classes = validation.features[label_column]
+    given = validation.features[clean_column]
+    if isinstance(given, ClassLabel):
+        if given.names != classes.names:
+            raise ValueError(
+                f"`clean_label_column_name` ({clean_column!r}) has the classes {given.names}, the labels "
+                f"{classes.names}: they must be the same classes in the same order."
+            )
+        ids = list(values)
+    else:  # plain ints or strings, numbered as the label column's own values were (`class_encode_column`)
+        unknown = sorted({str(v) for v in values} - set(classes.names))
+        if unknown:
+            raise ValueError(
+                f"`clean_label_column_name` ({clean_column!r}) holds values that are not classes of the labels: "
+                f"{unknown[:5]} (classes: {classes.names[:10]})."
+            )
+        ids = [classes.str2int(str(v)) for v in values]
+    clean = validation.remove_columns([label_column, clean_column]).add_column(label_column, ids)
+    return clean.cast_column(label_column, classes)
 
 
 def load_images(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int) -> DatasetDict:
@@ -462,6 +501,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     dataset["validation"] = subsample(dataset["validation"], data_args.max_eval_samples, training_args.seed)
     if "test" in dataset:
         dataset["test"] = subsample(dataset["test"], data_args.max_predict_samples, training_args.seed)
+    clean = None
+    if data_args.clean_label_column_name is not None and training_args.do_eval:
+        clean = true_labels(dataset["validation"], data_args.clean_label_column_name, label_column)
     model, processor = build_model_and_processor(model_args, dataset, label_column, image_column)
     size = processor.size
     size = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"], size["shortest_edge"])
@@ -478,6 +520,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     for split in dataset:
         dataset[split].set_transform(transform[split == "train"])
+    if clean is not None:
+        clean.set_transform(transform[False])
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         f"{type(model).__name__} with {n_params:,} parameters; splits: "
@@ -502,15 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         subset = dataset["train"].select(range(min(data_args.eval_train_samples, len(dataset["train"]))))
         subset.set_transform(transform[False])
         trainer.add_callback(TrainSubsetCallback(trainer, subset))
-    clean_column = data_args.clean_label_column_name
-    if clean_column is not None:
-        if clean_column not in dataset["validation"].column_names:
-            raise ValueError(
-                f"`clean_label_column_name` ({clean_column!r}) is not a column of the validation split (columns: "
-                f"{dataset['validation'].column_names})."
-            )
-        clean = dataset["validation"].remove_columns(label_column).rename_column(clean_column, label_column)
-        clean.set_transform(transform[False])
+    if clean is not None:
         trainer.add_callback(EvalSetCallback(trainer, clean, "eval_clean"))
     last_model = None
     if data_args.test_last_model and training_args.do_predict and training_args.do_train and "test" in dataset:

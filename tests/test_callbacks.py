@@ -72,10 +72,13 @@ def test_any_trainer_logs_the_fit_of_a_training_subset_to_its_labels_at_every_ev
     assert [e["step"] for e in logged] == [2, 4]  # once per evaluation, at its step
     assert [e["step"] for e in entries(trainer, "eval_accuracy")] == [2, 4]
     assert all(e["train_subset_accuracy"] == 0.75 and "train_subset_loss" in e for e in logged)
-    # The final evaluation, at the step of the last one, reuses its scores and returns them with its own.
+    # An evaluation after training scores the subset again (the weights may then be the best checkpoint's, at the
+    # same step number) and returns its scores with its own; a second one at the same step reuses them.
     metrics = trainer.evaluate()
     assert metrics["train_subset_accuracy"] == 0.75 and metrics["eval_accuracy"] == 1.0
-    assert len(entries(trainer, "train_subset_accuracy")) == 2
+    assert [e["step"] for e in entries(trainer, "train_subset_accuracy")] == [2, 4, 4]
+    assert trainer.evaluate()["train_subset_accuracy"] == 0.75
+    assert len(entries(trainer, "train_subset_accuracy")) == 3
 
 
 def test_training_that_memorizes_shows_in_the_subset_fit(tmp_path):
@@ -231,3 +234,34 @@ def test_last_model_metrics_hold_only_its_own_keys(tmp_path):
     assert set(last_model(trainer).metrics) == {f"test_last_{k}" for k in stats}
     # The subset is still scored once per evaluation step.
     assert [e["step"] for e in entries(trainer, "train_subset_accuracy")] == [2, 4]
+
+
+@pytest.mark.parametrize("kind", list(TRAINERS))
+def test_an_eval_set_is_scored_again_after_the_best_checkpoint_is_loaded(tmp_path, kind):
+    # The same points under two prefixes: after training, the Trainer holds the step-2 model, and an evaluation of it
+    # must score both alike (the set's scores of the step-4 model are not reused at the same step number).
+    trainer = selection_run(tmp_path, kind, TRUE_LABELS, True, lambda t: EvalSetCallback(t, TRUE_LABELS, "eval_clean"))
+    assert trainer.state.best_global_step == 2
+    final = trainer.evaluate()
+    assert final["eval_clean_accuracy"] == final["eval_accuracy"] == trainer.state.best_metric
+    assert final["eval_clean_loss"] == final["eval_loss"]
+
+
+def test_last_model_says_when_a_run_ended_before_its_last_step(tmp_path, caplog):
+    from transformers import EarlyStoppingCallback
+
+    args = TrainingArguments(output_dir=str(tmp_path), **{**SELECTION, "max_steps": 12}, load_best_model_at_end=True)
+    trainer = Trainer(
+        model=SignClassifier(),
+        args=args,
+        train_dataset=Points(64, flip=1.0),
+        eval_dataset=TRUE_LABELS,
+        compute_metrics=accuracy,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=1)],
+    )
+    callback = LastModelCallback(trainer, TEST)
+    trainer.add_callback(callback)
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert trainer.state.global_step < 12 and callback.metrics == {}
+    assert "LastModelCallback scored nothing" in caplog.text and "max_steps (12)" in caplog.text

@@ -210,3 +210,37 @@ def test_run_image_classification_under_accelerate_launch_two_cpu_processes(nois
     args = [EXPERIMENTS / "image_fashion_mnist_vit.json", *data, *run, "--output_dir", tmp_path, *QUIET]
     job = accelerate_launch(EXAMPLES / "run_image_classification.py", args, config_file=MULTI_CPU_CONFIG, timeout=300)
     assert_two_ranks_ran(job, tmp_path, steps=4)
+
+
+def test_run_image_classification_refuses_a_clean_label_column_without_values(tmp_path, monkeypatch):
+    # `load_dataset` gives every split the columns of any of them: a training split alone with true labels leaves
+    # the validation split's column empty, which would score nothing.
+    from datasets import Dataset, DatasetDict
+
+    images = [np.full((12, 12, 3), 40 + 160 * y, dtype=np.uint8) for y in [0, 1] * 6]
+    train = Dataset.from_dict({"image": images, "label": [0, 1] * 6, "clean_label": [0, 1] * 6})
+    validation = Dataset.from_dict({"image": images[:4], "label": [0, 1] * 2, "clean_label": [None] * 4})
+    hub = DatasetDict(train=train, validation=validation)
+    monkeypatch.setattr(run_image_classification, "load_dataset", lambda *args, **kwargs: hub)
+    run = ["--dataset_name", "someone/shades", "--max_steps", "1", "--clean_label_column_name", "clean_label"]
+    with pytest.raises(ValueError, match=r"`clean_label_column_name` \('clean_label'\) has no value for 4 of the 4"):
+        run_image_classification.main(image_args(tmp_path, *run))
+
+
+def test_run_image_classification_numbers_plain_clean_labels_as_the_label_classes(tmp_path, monkeypatch):
+    # Plain int labels 3 and 7 become classes 0 and 1; the true labels, plain ints too, must be numbered alike.
+    from datasets import Dataset, DatasetDict
+
+    rng = np.random.default_rng(0)
+    true = [3, 7] * 8
+    images = [np.clip(40 + 160 * (y == 7) + rng.normal(0, 20, (12, 12, 3)), 0, 255).astype(np.uint8) for y in true]
+    wrong = [10 - y for y in true]  # every validation label the other class
+    hub = DatasetDict(
+        train=Dataset.from_dict({"img": images, "label": true, "clean_label": true}),
+        validation=Dataset.from_dict({"img": images[:10], "label": wrong[:10], "clean_label": true[:10]}),
+    )
+    monkeypatch.setattr(run_image_classification, "load_dataset", lambda *args, **kwargs: hub)
+    data = ["--dataset_name", "someone/colours", "--image_column_name", "img", "--config_overrides", "patch_size=4"]
+    run = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--clean_label_column_name", "clean_label"]
+    metrics = run_image_classification.main(image_args(tmp_path, *data, *run))
+    assert metrics["eval_clean_accuracy"] == pytest.approx(1 - metrics["eval_accuracy"], abs=1e-9)
