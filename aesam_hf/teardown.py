@@ -43,7 +43,9 @@ def destroy_gloo_group_at_exit() -> None:
 def exit_gloo_process(code: int = 0) -> None:
     """In a gloo process group: run the exit handlers, flush, and end the process with `code`. Elsewhere: return.
 
-    Call it as the last statement of a script's `if __name__ == "__main__":` block, after the run returned normally.
+    Call it as the last statement of a script's `if __name__ == "__main__":` block, after the run returned normally,
+    instead of `dist.destroy_process_group()`: with the group already destroyed there is no gloo group left to detect,
+    so it returns and the interpreter's finalization (where the abort happens) runs after all.
     It never returns in a gloo group, so nothing after it runs; exit handlers registered before it do run, in the usual
     (last registered, first run) order.
     """

@@ -169,12 +169,13 @@ def grid_search(grid: list[float], score) -> dict:
 
 def tune(args: StudyArguments, runs: RegimeRuns) -> dict:
     """AdamW's learning rate × weight decay, then SAM's and Momentum-SAM's rho, on the first seed's validation."""
-    regime, seed, wall = runs.regime, args.seeds[0], [0.0]
+    regime, seed, wall, made = runs.regime, args.seeds[0], [0.0], []
     small = args.smoke  # two-point grids: the paths, not the optimum
 
     def scores(settings: list[Setting], policy: str) -> list[float]:
         rows = run_jobs([runs.job(s, policy, seed, policy) for s in settings], args.workers)
         wall[0] += runs_wall_time(rows)
+        made.extend(row["run_dir"] for row in rows)
         for s, row in zip(settings, rows, strict=True):
             print(f"  {policy} {s.folder}: selected validation {100 * row['eval_accuracy']:.2f}%", flush=True)
         # The selected checkpoint's accuracy on the selection set (noisy where training is); test is not read.
@@ -202,6 +203,7 @@ def tune(args: StudyArguments, runs: RegimeRuns) -> dict:
         print(f"  -> {policy} rho {tuned[policy]['chosen']:g}", flush=True)
     tuned["runs"] = sum(len(t["scores"]) for t in tuned.values())
     tuned["runs_wall_time_s"] = wall[0]
+    tuned["run_dirs"] = made  # the seed phase reuses some: their time is counted once
     return tuned
 
 
@@ -340,7 +342,8 @@ def run_regime(args: StudyArguments, regime: Regime) -> dict:
         "trace_run": str(runs.runner(setting["aesam"]).run_dir("aesam", args.seeds[0])),
         # What the regime costs from scratch, whichever invocation made its runs: the report divides it by the runs
         # side by side.
-        "runs_wall_time_s": tuning["runs_wall_time_s"] + runs_wall_time(rows),
+        "runs_wall_time_s": tuning["runs_wall_time_s"]
+        + runs_wall_time([r for r in rows if r["run_dir"] not in set(tuning["run_dirs"])]),
     }
 
 
