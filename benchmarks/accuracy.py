@@ -329,6 +329,7 @@ def run_regime(args: StudyArguments, regime: Regime) -> dict:
     decision = cheapest_not_below_sam(summary, compared[SELECTED])
     if decision["policy"] is not None:
         decision["flags"] = run_flags(decision["policy"], settings, float(budget))
+    tuned_runs = set(tuning["run_dirs"])  # the seed phase reuses these: their time is in the tuning's already
     return {
         "regime": asdict(regime),
         "tuning": tuning,
@@ -343,7 +344,7 @@ def run_regime(args: StudyArguments, regime: Regime) -> dict:
         # What the regime costs from scratch, whichever invocation made its runs: the report divides it by the runs
         # side by side.
         "runs_wall_time_s": tuning["runs_wall_time_s"]
-        + runs_wall_time([r for r in rows if r["run_dir"] not in set(tuning["run_dirs"])]),
+        + runs_wall_time([r for r in rows if r["run_dir"] not in tuned_runs]),
     }
 
 
