@@ -93,7 +93,8 @@ test: install
 
 # The measured cost and accuracy of the policies (docs/benchmarks.md): under 3 hours on 2 CPU cores. Results are kept
 # in outputs/bench, and finished runs are reused, so an interrupted `make bench` resumes. Settled studies (LookSAM's
-# alpha: `python -m benchmarks.looksam_alpha`; the budget sweeps and matched controls of docs/benchmarks_2026-11-30.md)
+# alpha: `python -m benchmarks.looksam_alpha`; the budget sweeps and matched controls of docs/benchmarks_2026-11-30.md;
+# late SAM at its paper's 12.5%: `python -m benchmarks.accuracy --paper_late`, docs/benchmarks_2026-12-07.md)
 # are rerun only on request.
 bench: export HF_HUB_OFFLINE = 1
 bench: install data

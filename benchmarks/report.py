@@ -471,6 +471,12 @@ RECORDED = (
         "budget sweeps, matched random/periodic controls, the underfitting regime, "
         "LookSAM's reuse weight α; every policy read at its last step against an untuned AdamW",
     ),
+    (
+        "benchmarks_2026-12-07.md",
+        "the first selected-checkpoint study: late SAM on its paper's last 12.5% of the steps in every regime (within "
+        "0.25 points of AdamW at the selected checkpoint), wider rho grids (Momentum-SAM's reference rho = 3 collapsed "
+        "training)",
+    ),
 )
 
 

@@ -75,6 +75,26 @@ def test_grid_search_grows_past_an_edge_until_the_optimum_is_inside():
     assert tie["chosen"] == 2.0 and tie["interior"]
 
 
+def test_independent_grid_searches_share_their_batches_and_keep_their_answers():
+    batches = []
+
+    def score(todo):
+        batches.append(list(todo))
+        # Search "a" peaks at 0.2 (beyond its grid's top: it grows upwards twice), "b" at 1.0 (inside its grid).
+        return [-abs(math.log(v / {"a": 0.2, "b": 1.0}[key])) for key, v in todo]
+
+    found = accuracy.grid_searches({"a": [0.025, 0.05, 0.1], "b": [0.5, 1.0, 2.0]}, score)
+    # Both first grids in one batch of six (three pairs of runs side by side), then "a"'s extensions alone.
+    assert [len(b) for b in batches] == [6, 1, 1]
+    assert {key for key, _ in batches[0]} == {"a", "b"} and {key for b in batches[1:] for key, _ in b} == {"a"}
+    # Each answer is the one its search gives alone.
+    for key, grid in {"a": [0.025, 0.05, 0.1], "b": [0.5, 1.0, 2.0]}.items():
+        alone = accuracy.grid_search(grid, lambda values, key=key: score([(key, v) for v in values]))
+        assert found[key] == alone
+    assert found["a"]["chosen"] == pytest.approx(0.2) and found["a"]["extensions"] == 2 and found["a"]["interior"]
+    assert found["b"]["chosen"] == 1.0 and found["b"]["extensions"] == 0
+
+
 def fake_runs(scheduled: list[tuple], curve=None):
     """A stand-in for `run_jobs`: each run's row without training, its validation score `curve(policy, lr, wd, rho)`.
 
@@ -121,7 +141,14 @@ def test_tuning_gives_adamw_at_least_as_many_runs_as_rho_and_reads_validation_on
     regime = REGIMES["image-noisy"]
     args = accuracy.StudyArguments(seeds=[1, 2], regimes=["image-noisy"], output_dir="unused")
     monkeypatch.setattr(type(regime), "data_flags", lambda self, seed: [])
+    batches = []
+    fake = fake_runs(scheduled)
+    monkeypatch.setattr(accuracy, "run_jobs", lambda jobs, workers: batches.append(jobs) or fake(jobs, workers))
     tuning = accuracy.tune(args, accuracy.RegimeRuns(args, regime))
+    # Both weight decays' learning rates in one batch, then SAM's and Momentum-SAM's rho grids in one, SAM's first
+    # (the slowest runs first: the last pair of runs side by side ends together).
+    assert [len(b) for b in batches] == [len(regime.lr_grid) * len(regime.wd_grid), 8]
+    assert [job[1][0] for job in batches[1]] == ["sam"] * 4 + ["msam"] * 4
     adamw = [run for run in scheduled if run[0] == "erm"]
     sam = [run for run in scheduled if run[0] == "sam"]
     msam = [run for run in scheduled if run[0] == "msam"]
@@ -133,9 +160,8 @@ def test_tuning_gives_adamw_at_least_as_many_runs_as_rho_and_reads_validation_on
     assert {(lr, wd) for _, _, lr, wd, _, _ in sam + msam} == {(0.002, 0.0)}
     assert {rho for *_, rho, _ in sam} == set(regime.rho_grid)
     assert tuning["sam"]["chosen"] == 0.1 and tuning["sam"]["interior"]
-    # Momentum-SAM's grid starts at 0.3: its smallest value wins, so the grid halves twice (0.15, 0.075).
-    assert tuning["msam"]["chosen"] == pytest.approx(0.075) and tuning["msam"]["extensions"] == 2
-    assert not tuning["msam"]["interior"]
+    assert {rho for *_, rho, _ in msam} == set(regime.msam_rho_grid)
+    assert tuning["msam"]["chosen"] == pytest.approx(0.075) and tuning["msam"]["interior"]
     assert tuning["runs"] == len(scheduled) and tuning["runs_wall_time_s"] == 2.0 * len(scheduled)
 
 
@@ -149,27 +175,30 @@ def test_every_policy_runs_at_the_tuned_settings_and_the_controls_at_aesams_frac
     runs = {(label, seed): (lr, wd, rho, flags) for label, seed, lr, wd, rho, flags in scheduled}
     for seed in (1, 2, 3):
         assert runs[("erm", seed)][:3] == (0.002, 0.0, None)  # AdamW takes no rho
-        for label in ("sam", "aesam", "late", "late-matched", "scheduled-matched"):
+        for label in ("sam", "aesam", "late-matched", "scheduled-matched"):
             assert runs[(label, seed)][:3] == (0.002, 0.0, 0.1)  # the SAM family at SAM's rho
         assert runs[("msam", seed)][2] == result["settings"]["msam_rho"]
-        assert "--aesam_budget 0.125" in " ".join(runs[("late", seed)][3])  # late SAM's paper: the last 12.5%
         for label in ("late-matched", "scheduled-matched"):
             assert "--aesam_budget 0.45" in " ".join(runs[(label, seed)][3])  # AE-SAM's measured fraction
-    assert {r["policy"] for r in result["runs"]} == {
-        "adamw",
-        "sam",
-        "aesam",
-        "msam",
-        "late",
-        "late-matched",
-        "scheduled-matched",
-    }
+    study = {"adamw", "sam", "aesam", "msam", "late-matched", "scheduled-matched"}
+    assert {r["policy"] for r in result["runs"]} == study  # late SAM at its paper's 12.5% only on request
+    # On request (`--paper_late`), late SAM on its paper's last 12.5% of the steps runs for every seed too.
+    scheduled.clear()
+    with_late = accuracy.run_regime(
+        accuracy.StudyArguments(seeds=[1, 2, 3], regimes=["image-noisy"], output_dir="unused", paper_late=True), regime
+    )
+    assert {r["policy"] for r in with_late["runs"]} == study | {"late"}
+    for label, _seed, lr, wd, rho, flags in scheduled:
+        if label == "late":
+            assert (lr, wd, rho) == (0.002, 0.0, 0.1) and "--aesam_budget 0.125" in " ".join(flags)
+    assert {seed for label, seed, *_ in scheduled if label == "late"} == {1, 2, 3}
+    assert ("late", "adamw") in {(c["a"], c["b"]) for c in with_late["comparisons"]["test_accuracy"]}
     assert result["matched_budget"] == 0.45 and result["aesam_fraction"] == pytest.approx(0.45)
     # Both scores are compared: the selected checkpoint's (SAM +5.3 to +5.9 points) and the last step's (equal).
     selected = {(c["a"], c["b"]): c for c in result["comparisons"]["test_accuracy"]}
     last = {(c["a"], c["b"]): c for c in result["comparisons"]["test_last_accuracy"]}
     assert selected[("sam", "adamw")]["mean"] == pytest.approx(0.056) and last[("sam", "adamw")]["mean"] == 0.0
-    assert {("aesam", "late-matched"), ("aesam", "scheduled-matched"), ("msam", "sam"), ("late", "adamw")} <= set(
+    assert {("aesam", "late-matched"), ("aesam", "scheduled-matched"), ("msam", "sam"), ("msam", "adamw")} <= set(
         selected
     )
     assert result["decision"]["policy"] == "sam"  # every cheaper policy is below it in every seed
@@ -283,14 +312,18 @@ def test_a_study_of_some_regimes_keeps_the_others_with_what_measured_them(monkey
     assert "a reused run costs nothing" in wall
     assert "| step_cost | – | – | not run" in wall
     # From scratch, every run counts once, whichever invocation made it: the smoke grids' 2 + 2 + 2 tuning runs and
-    # 7 policies x 2 seeds, less seed 1's AdamW, SAM and Momentum-SAM runs (the tuning's winners, reused): 17 runs
+    # 6 policies x 2 seeds, less seed 1's AdamW, SAM and Momentum-SAM runs (the tuning's winners, reused): 15 runs
     # of 2 s each.
-    assert [r["runs_wall_time_s"] for r in study["regimes"].values()] == [34.0, 34.0, 34.0]
-    # `make bench`'s budget counts the regimes it runs; text-noisy (not run by default) is reported on its own line.
-    assert report.from_scratch_s(study) == 34.0  # the image regimes' 68 s of runs, two side by side
-    assert report.from_scratch_s(study, on_request=True) == 17.0
-    assert "From scratch: **0.6 minutes**" in wall  # the accuracy row alone (no step cost or memory here)
-    assert "Measured on request, not by `make bench`: text-noisy, 0.3 minutes from scratch" in wall
+    assert [r["runs_wall_time_s"] for r in study["regimes"].values()] == [30.0, 30.0, 30.0]
+    assert report.from_scratch_s(study) == 45.0  # every regime is `make bench`'s: 90 s of runs, two side by side
+    assert report.from_scratch_s(study, on_request=True) == 0.0
+    # A regime `make bench` does not run counts apart, on its own line.
+    study["regimes"]["text-noisy"]["regime"]["default"] = False
+    (tmp_path / "accuracy" / "accuracy.json").write_text(json.dumps(study))
+    assert report.from_scratch_s(study) == 30.0 and report.from_scratch_s(study, on_request=True) == 15.0
+    wall = report.wall_time_section(tmp_path)
+    assert "From scratch: **0.5 minutes**" in wall  # the accuracy row alone (no step cost or memory here)
+    assert "Measured on request, not by `make bench`: text-noisy, 0.2 minutes from scratch" in wall
     kept = study["regimes"]["image-clean"]
     assert report.measured_by(kept).endswith("on the current code.")
     kept["measured_by"]["code"]["code_sha256"] = "0" * 64
