@@ -93,7 +93,7 @@ class StudyArguments:
     paper_late: bool = field(
         default=False,
         metadata={
-            "help": f"Also run late SAM on its paper's last {100 * LATE_BUDGET:g}% of the steps for every seed (settled "
+            "help": f"Also run late SAM on its paper's last {100 * LATE_BUDGET:g}%% of the steps for every seed (settled "
             "and recorded; `make bench` keeps `late` at AE-SAM's fraction only)."
         },
     )
@@ -208,17 +208,13 @@ def tune(args: StudyArguments, runs: RegimeRuns) -> dict:
 
     def scores(items: list[tuple[str, Setting]]) -> list[float]:
         """The selected checkpoint's accuracy on the selection set (noisy where training is) of each (policy,
-        setting); test is not read. The slowest runs (SAM's) go first, so the last pair ends together."""
-        order = sorted(range(len(items)), key=lambda i: items[i][0] != "sam")
-        rows = run_jobs([runs.job(items[i][1], items[i][0], seed, items[i][0]) for i in order], args.workers)
+        setting), in order; test is not read."""
+        rows = run_jobs([runs.job(setting, policy, seed, policy) for policy, setting in items], args.workers)
         wall[0] += runs_wall_time(rows)
         made.extend(row["run_dir"] for row in rows)
-        found = [0.0] * len(items)
-        for i, row in zip(order, rows, strict=True):
-            print(f"  {items[i][0]} {items[i][1].folder}: selected validation {100 * row['eval_accuracy']:.2f}%")
-            found[i] = row["eval_accuracy"]
-        sys.stdout.flush()
-        return found
+        for (policy, setting), row in zip(items, rows, strict=True):
+            print(f"  {policy} {setting.folder}: selected validation {100 * row['eval_accuracy']:.2f}%", flush=True)
+        return [row["eval_accuracy"] for row in rows]
 
     lr_grid = list(regime.lr_grid[1:3] if small else regime.lr_grid)
     wd_grid = list(regime.wd_grid[:1] if small else regime.wd_grid)
@@ -236,7 +232,7 @@ def tune(args: StudyArguments, runs: RegimeRuns) -> dict:
         "extensions": by_wd[wd]["extensions"],
     }
     print(f"  -> AdamW lr {lr:g}, weight decay {wd:g}", flush=True)
-    rho_grids = {"sam": regime.rho_grid, "msam": regime.msam_rho_grid}
+    rho_grids = {"sam": regime.rho_grid, "msam": regime.msam_rho_grid}  # SAM's slower runs first
     tuned = {"adamw": adamw}
     tuned.update(
         grid_searches(

@@ -137,7 +137,6 @@ def fake_runs(scheduled: list[tuple], curve=None):
 
 def test_tuning_gives_adamw_at_least_as_many_runs_as_rho_and_reads_validation_only(monkeypatch):
     scheduled = []
-    monkeypatch.setattr(accuracy, "run_jobs", fake_runs(scheduled))
     regime = REGIMES["image-noisy"]
     args = accuracy.StudyArguments(seeds=[1, 2], regimes=["image-noisy"], output_dir="unused")
     monkeypatch.setattr(type(regime), "data_flags", lambda self, seed: [])
@@ -180,6 +179,9 @@ def test_every_policy_runs_at_the_tuned_settings_and_the_controls_at_aesams_frac
         assert runs[("msam", seed)][2] == result["settings"]["msam_rho"]
         for label in ("late-matched", "scheduled-matched"):
             assert "--aesam_budget 0.45" in " ".join(runs[(label, seed)][3])  # AE-SAM's measured fraction
+    # The seed phase (after the 6 + 8 tuning runs) starts with SAM's runs, then AE-SAM's: the slowest first.
+    seed_phase = [label for label, *_ in scheduled[14 : 14 + 4 * 3]]
+    assert seed_phase[:6] == ["sam"] * 3 + ["aesam"] * 3 and set(seed_phase[6:]) == {"erm", "msam"}
     study = {"adamw", "sam", "aesam", "msam", "late-matched", "scheduled-matched"}
     assert {r["policy"] for r in result["runs"]} == study  # late SAM at its paper's 12.5% only on request
     # On request (`--paper_late`), late SAM on its paper's last 12.5% of the steps runs for every seed too.
